@@ -1,0 +1,43 @@
+"""Where the config tree lives, and composing it outside of ``hydra.main`` (CLI tools, tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+PRIMARY_CONFIG = "train"
+
+
+def register_resolvers() -> None:
+    """Register ``${nailseg_root:}`` so configs can place data and runs next to the repo."""
+    if not OmegaConf.has_resolver("nailseg_root"):
+        OmegaConf.register_new_resolver("nailseg_root", lambda: str(REPO_ROOT))
+
+
+def compose_config(
+    overrides: Sequence[str] = (),
+    config_dir: Path | str = CONF_DIR,
+    return_hydra_config: bool = False,
+) -> DictConfig:
+    """Compose the training config the way ``train.py`` would, without starting a run.
+
+    Examples:
+        >>> cfg = compose_config(["encoder=resnet34"])
+        >>> cfg.encoder.name
+        'resnet34'
+    """
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        return compose(
+            config_name=PRIMARY_CONFIG,
+            overrides=list(overrides),
+            return_hydra_config=return_hydra_config,
+        )
+
+
+register_resolvers()

@@ -1,0 +1,58 @@
+"""The map-style dataset: decode, binarise, resize, then the backend's per-sample transform."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from nailseg.augment.base import SampleTransform, to_uint8_tensors
+from nailseg.data.io import read_image, read_mask, resize_pair
+from nailseg.data.pairs import Pair
+from nailseg.errors import DataError
+
+
+class SegmentationDataset(Dataset):
+    """Image/mask pairs as ``{"image", "mask", "seed", "index"}`` samples.
+
+    Args:
+        pairs: the image/mask files.
+        image_size: ``(height, width)`` after resizing.
+        transform: per-sample transform ``(image, mask, seed) -> (image, mask)`` tensors;
+            ``uint8`` tensors without augmentation when ``None``.
+        mask_threshold: foreground rule, see :func:`nailseg.data.io.binarize_mask`.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        image_size: Sequence[int],
+        transform: SampleTransform | None = None,
+        mask_threshold: float | None = None,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.image_size = tuple(image_size)
+        self.transform = transform or to_uint8_tensors
+        self.mask_threshold = mask_threshold
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int):
+        """Decoded and resized ``uint8`` arrays of pair ``index``."""
+        pair = self.pairs[index]
+        image, mask = read_image(pair.image), read_mask(pair.mask, self.mask_threshold)
+        if image.shape[:2] != mask.shape[:2]:
+            raise DataError(
+                f"Image {pair.image} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask}"
+                f" is {mask.shape[1]}x{mask.shape[0]}. Masks must have their image's size;"
+                " fix or remove this pair."
+            )
+        return resize_pair(image, mask, self.image_size)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        image, mask = self.load(index)
+        image_t, mask_t = self.transform(image, mask, seed)
+        return {"image": image_t, "mask": mask_t, "seed": seed, "index": index}

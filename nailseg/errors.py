@@ -1,0 +1,21 @@
+"""User-facing errors.
+
+Every message names the offending value (and file, where there is one) and says how to fix it.
+The entry points print these without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class NailsegError(Exception):
+    """Base class for errors caused by user input (config values, data files)."""
+
+
+class ConfigError(NailsegError):
+    """A config value is invalid or contradicts another."""
+
+
+class DataError(NailsegError):
+    """The data on disk is missing, unreadable or inconsistent."""
+
+
+class EncoderWeightsError(ConfigError):
+    """Requested encoder weights cannot be loaded (offline, missing file, wrong keys)."""

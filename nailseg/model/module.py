@@ -1,0 +1,83 @@
+"""The LightningModule: network + loss + dataset-level metrics + optimiser/scheduler partials."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
+
+STAGES = ("val", "test")
+
+
+class SegmentationModule(pl.LightningModule):
+    """Binary segmentation.
+
+    Metrics accumulate confusion counts over the whole epoch (dataset-level IoU and Dice, not a
+    mean of per-batch values); losses are means weighted by batch size.
+
+    Args:
+        net: maps images ``(B, 3, H, W)`` to logits ``(B, 1, H, W)``.
+        loss: ``loss(logits, target)`` with target ``(B, 1, H, W)`` in ``{0, 1}``.
+        optimizer: partial taking ``params``.
+        scheduler: partial taking ``optimizer``, or ``None`` for a constant learning rate.
+        threshold: probability above which a pixel is foreground for the metrics.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # Keys carry a suffix: ModuleDict keys may not shadow Module attributes such as `train`.
+        self.loss_means = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in ("train", *STAGES)})
+        self.metrics = nn.ModuleDict({
+            stage: MetricCollection(
+                {"iou": BinaryJaccardIndex(threshold=threshold), "dice": BinaryF1Score(threshold=threshold)},
+                prefix=f"{stage}/",
+            )
+            for stage in STAGES
+        })
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.net(image)
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        image, mask = batch["image"], batch["mask"]
+        logits = self(image)
+        loss = self.loss(logits, mask)
+        loss_mean = self.loss_means[f"{stage}_loss"]
+        loss_mean.update(loss.detach(), weight=image.shape[0])
+        self.log(f"{stage}/loss", loss_mean, on_step=False, on_epoch=True, prog_bar=True)
+        if stage in self.metrics:
+            self.metrics[stage].update(logits.detach().sigmoid(), mask.int())
+            self.log_dict(self.metrics[stage], on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

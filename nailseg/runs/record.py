@@ -1,0 +1,173 @@
+"""The run record: ``run.json``, ``config.resolved.yaml`` and a snapshot of ``conf/``.
+
+This module is the one place that knows the record's format; everything that reads records
+(diff, rerun, resume) goes through it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nailseg.config import CONF_DIR, REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+RUN_JSON = "run.json"
+RESOLVED_CONFIG = "config.resolved.yaml"
+CONF_SNAPSHOT = "conf"
+VERSIONED_PACKAGES = (
+    "nailseg", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "kornia",
+    "segmentation-models-pytorch", "albumentations", "hydra-core", "omegaconf", "timm", "numpy",
+)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: a crash leaves the previous file, never half of a new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_run(run_dir: Path | str) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_JSON
+    return json.loads(path.read_text())
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
+    """Commit, dirtiness and a hash of the uncommitted diff (``None`` outside a git checkout)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                              check=True, timeout=20).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        diff = git("diff", "HEAD")
+        untracked = git("ls-files", "--others", "--exclude-standard")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "diff_sha256": None}
+    import hashlib
+
+    return {
+        "commit": commit,
+        "dirty": bool(diff or untracked),
+        "diff_sha256": hashlib.sha256((diff + untracked).encode()).hexdigest() if diff or untracked else None,
+    }
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cuda = torch.cuda.is_available()
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "cuda": torch.version.cuda if cuda else None,
+        "platform": platform.platform(),
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class RunRecord:
+    """Writes a run's record at start (status ``running``) and updates it when the run ends."""
+
+    def __init__(self, run_dir: Path, data: dict[str, Any]) -> None:
+        self.run_dir, self.data = run_dir, data
+        self._t0 = time.monotonic()
+
+    @classmethod
+    def start(cls, run_dir: Path | str, cfg: DictConfig, hydra: dict[str, Any] | None = None) -> RunRecord:
+        """Record what the run is before it starts.
+
+        Args:
+            run_dir: the run's own directory.
+            cfg: the composed config (resolved here).
+            hydra: ``{"choices": ..., "overrides": ...}`` from Hydra, when run through Hydra.
+        """
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(resolved))
+        snapshot = run_dir / CONF_SNAPSHOT
+        if not snapshot.exists():
+            shutil.copytree(CONF_DIR, snapshot, symlinks=False)
+        hydra = hydra or {}
+        data = {
+            "status": "running",
+            "started_at": _now(),
+            "ended_at": None,
+            "duration_s": None,
+            "run_dir": str(run_dir.resolve()),
+            "choices": hydra.get("choices", {}),
+            "overrides": hydra.get("overrides", []),
+            "seed": cfg.get("seed"),
+            "git": git_state(),
+            "versions": package_versions(),
+            "device": device_info(),
+            "data": {},
+            "metrics": {},
+            "best_checkpoint": None,
+            "last_checkpoint": None,
+            "error": None,
+        }
+        record = cls(run_dir, data)
+        record.save()
+        return record
+
+    def save(self) -> None:
+        write_json(self.run_dir / RUN_JSON, self.data)
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.save()
+
+    def finish(self, status: str, metrics: dict[str, float] | None = None,
+               error: str | None = None, **fields: Any) -> None:
+        self.data.update(fields)
+        self.data.update(
+            status=status,
+            ended_at=_now(),
+            duration_s=round(time.monotonic() - self._t0, 3),
+            error=error,
+        )
+        if metrics is not None:
+            self.data["metrics"] = {k: _finite(float(v)) for k, v in sorted(metrics.items())}
+        self.save()
