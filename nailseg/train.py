@@ -119,3 +119,10 @@ def main(cfg: DictConfig) -> float | None:
         # User errors get their message, not a traceback from deep inside a library.
         log.error("%s", err)
         sys.exit(f"error: {err}")
+
+
+def cli(argv: list[str]) -> int:
+    """``nailseg train [overrides]``: hand the arguments to Hydra as if to ``train.py``."""
+    sys.argv = ["nailseg train", *argv]
+    main()
+    return 0

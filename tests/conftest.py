@@ -1,0 +1,46 @@
+"""Shared fixtures: compose the real config, tiny and fast, into a per-test run dir."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from nailseg.config import REPO_ROOT, compose_config
+
+# huggingface_hub reads this at import: fail fast instead of retrying a network that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "nails52"
+
+# Small and quick: a tiny synthetic set, a two-batch epoch, no worker processes.
+FAST_OVERRIDES = (
+    "trainer=debug",
+    "data.source.count=24",
+    "data.source.image_size=64",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.num_workers=0",
+)
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg("aug=kornia_gpu", fast=True)`` -> a composed config writing into ``tmp_path``."""
+
+    def _make(*overrides: str, fast: bool = True, extra: Sequence[str] = ()) -> DictConfig:
+        paths = [
+            f"paths.output_dir={tmp_path / 'run'}",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ]
+        return compose_config([*paths, *(FAST_OVERRIDES if fast else ()), *overrides, *extra])
+
+    return _make
+
+
+requires_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"needs the nails52 data set at {SHARED_DATA} (../shared)"
+)
