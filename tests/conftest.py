@@ -19,12 +19,12 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "nails52"
 # Small and quick: a tiny synthetic set, a two-batch epoch, no worker processes.
 FAST_OVERRIDES = (
     "trainer=debug",
-    "data.source.count=24",
-    "data.source.image_size=64",
     "data.image_size=64",
     "data.batch_size=4",
     "data.num_workers=0",
 )
+# Only for data=synthetic (the default).
+FAST_SYNTHETIC = ("data.source.count=24", "data.source.image_size=64")
 
 
 @pytest.fixture
@@ -36,7 +36,9 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
             f"paths.output_dir={tmp_path / 'run'}",
             f"paths.data_dir={tmp_path / 'data'}",
         ]
-        return compose_config([*paths, *(FAST_OVERRIDES if fast else ()), *overrides, *extra])
+        other_data = any(o.startswith("data=") and o != "data=synthetic" for o in overrides)
+        speed = (*FAST_OVERRIDES, *(() if other_data else FAST_SYNTHETIC)) if fast else ()
+        return compose_config([*paths, *speed, *overrides, *extra])
 
     return _make
 
