@@ -39,7 +39,13 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), group_options(), ids=lambda v: str(v))
 def test_option_composes_and_instantiates(make_cfg, group: str, option: str, tmp_path: Path) -> None:
-    extra = ["data.root=" + str(tmp_path)] if (group, option) == ("data", "nails") else []
+    # Layouts that read a user's folder get paths here; they are read at setup, not built here.
+    extra = {
+        "nails": [f"data.root={tmp_path}"],
+        "voc": [f"data.root={tmp_path}"],
+        "folder": [f"data.images={tmp_path}/images", f"data.masks={tmp_path}/masks"],
+        "csv": [f"data.file={tmp_path}/pairs.csv"],
+    }.get(option, []) if group == "data" else []
     if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
         # Lightning refuses a GPU trainer without a GPU; instantiate the rest of the preset on CPU.
         assert make_cfg("trainer=gpu").trainer.accelerator == "gpu"

@@ -12,11 +12,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from nailseg.augment.base import AugmentBackend, NoAugment
+from nailseg.data.cache import DecodeCache, make_cache
 from nailseg.data.dataset import SegmentationDataset
 from nailseg.data.pairs import Pair
 from nailseg.data.sampler import EpochSeededSampler
-from nailseg.data.split import load_or_create_split
+from nailseg.data.split import SPLITS, load_or_create_split, split_key, write_split
+from nailseg.data.validate import DataReport, check_pairs, describe, scan_source
 from nailseg.errors import ConfigError
+
+# Fewer validation samples than this make val metrics swing by whole images.
+TINY_VALID = 5
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     Args:
         source: where pairs come from (an object with ``pairs()``; see ``conf/data``).
         root: the data root the source reads; kept here so ``data.root=...`` is one override.
+            ``images``, ``masks`` and ``file`` are kept for the same reason (``data=folder``,
+            ``data=csv``); the DataModule itself does not read them.
         image_size: side, or ``[height, width]``, every sample is resized to.
         augment: the augmentation backend (``conf/aug``); no augmentation when ``None``.
         batch_size: samples per batch.
@@ -51,7 +58,18 @@ class SegmentationDataModule(pl.LightningDataModule):
         test_fraction: share of each group held out for testing (0: no test split).
         seed: split and sampling seed.
         split_dir: where split CSVs are written and reused.
-        mask_threshold: foreground rule for masks (``null``: automatic).
+        mask_threshold: foreground = value > threshold (``null``: chosen per data set, see
+            :mod:`nailseg.data.masks`); the rule used is in :attr:`mask_rule`.
+        images: image folder (``data=folder``).
+        masks: mask folder (``data=folder``).
+        file: list file of pairs (``data=csv``).
+        cache: ``none``, ``ram`` or ``disk`` (:mod:`nailseg.data.cache`).
+        cache_dir: where ``cache=disk`` writes.
+        on_invalid: ``error`` stops before training on any data problem; ``skip`` drops the
+            pairs with problems, listing each (:mod:`nailseg.data.validate`).
+
+    Split: pairs that carry a split (a list file's ``split`` column, VOC image sets) use it;
+    otherwise a seeded, stratified split is made once and reused (:mod:`nailseg.data.split`).
     """
 
     def __init__(
@@ -68,6 +86,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         seed: int = 0,
         split_dir: str | Path = "data/splits",
         mask_threshold: float | None = None,
+        images: str | Path | None = None,
+        masks: str | Path | None = None,
+        file: str | Path | None = None,
+        cache: str = "none",
+        cache_dir: str | Path | None = "data/cache",
+        on_invalid: str = "error",
     ) -> None:
         super().__init__()
         self.source, self.root = source, root
@@ -78,27 +102,73 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.valid_fraction, self.test_fraction = valid_fraction, test_fraction
         self.seed, self.split_dir = int(seed), Path(split_dir)
         self.mask_threshold = mask_threshold
+        self.images, self.masks, self.file = images, masks, file
+        self.on_invalid = on_invalid
+        self.cache: DecodeCache = make_cache(cache, cache_dir)
         self.splits: dict[str, list[Pair]] | None = None
         self.split_folder: Path | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
+        self.report: DataReport | None = None
+        self.mask_rule: str | None = None
+
+    def check(self) -> DataReport:
+        """Run the data check (:mod:`nailseg.data.validate`) and fill the decode cache.
+
+        Raises :class:`~nailseg.errors.DataError` listing the offending files, unless
+        ``on_invalid=skip``. Sets :attr:`report` and :attr:`mask_rule`.
+        """
+        if self.report is None:
+            name = describe(self.source)
+            self.report = check_pairs(
+                scan_source(self.source), name, self.mask_threshold, self.on_invalid,
+                self.image_size, self.cache,
+            )
+            self.mask_rule = self.report.rule.description
+            log.info("Data check passed: %d pairs; mask rule: %s; cache: %s (%d entries)",
+                     len(self.report.pairs), self.mask_rule, self.cache.kind, len(self.cache))
+            for kind, entries in self.report.warnings.items():
+                if entries:
+                    log.warning("%d %s, e.g. %s", len(entries), kind, entries[0])
+        return self.report
+
+    def _split(self, pairs: list[Pair]) -> None:
+        given = [p for p in pairs if p.split]
+        if given:
+            self.splits = {name: [p for p in given if p.split == name] for name in SPLITS}
+            # Persist it too, so a run's record points at the exact lists it trained on.
+            self.split_folder = self.split_dir / f"given-{split_key(given, 0, 0, 0)}"
+            write_split(self.splits, self.split_folder)
+            log.info("Using the split given by the data: %d train / %d valid / %d test (%s)",
+                     *(len(self.splits[n]) for n in SPLITS), self.split_folder)
+        else:
+            self.splits, self.split_folder = load_or_create_split(
+                pairs, self.split_dir, self.valid_fraction, self.test_fraction, self.seed
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
-        pairs = self.source.pairs()
-        self.splits, self.split_folder = load_or_create_split(
-            pairs, self.split_dir, self.valid_fraction, self.test_fraction, self.seed
-        )
-        if not self.splits["valid"]:
+        report = self.check()
+        self._split(report.pairs)
+        n_valid = len(self.splits["valid"])
+        if not n_valid:
             raise ConfigError(
-                f"The validation split is empty ({len(pairs)} pairs, data.valid_fraction="
-                f"{self.valid_fraction}). Raise data.valid_fraction or add data."
+                f"The validation split is empty ({len(report.pairs)} pairs, data.valid_fraction="
+                f"{self.valid_fraction}). Raise data.valid_fraction, add data, or give valid"
+                " pairs in the split file."
             )
+        if n_valid < TINY_VALID:
+            log.warning(
+                "The validation set has only %d sample(s): validation metrics will jump by whole"
+                " images between epochs. Raise data.valid_fraction or add data if you can.",
+                n_valid,
+            )
+        threshold = report.rule.threshold
         for name, members in self.splits.items():
             if members:
                 transform = self.augment.sample_transform(train=name == "train")
                 self.datasets[name] = SegmentationDataset(
-                    members, self.image_size, transform, self.mask_threshold
+                    members, self.image_size, transform, threshold, self.cache
                 )
 
     @property
@@ -129,5 +199,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         training = self.trainer is not None and self.trainer.training
-        image, mask = self.augment.batch_transform(batch["image"], batch["mask"], batch["seed"], training)
+        image, mask = self.augment.batch_transform(
+            batch["image"], batch["mask"], batch["seed"], training
+        )
         return {**batch, "image": image, "mask": mask}

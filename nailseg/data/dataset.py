@@ -8,6 +8,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from nailseg.augment.base import SampleTransform, to_uint8_tensors
+from nailseg.data.cache import DecodeCache, cache_key
 from nailseg.data.io import read_image, read_mask, resize_pair
 from nailseg.data.pairs import Pair
 from nailseg.errors import DataError
@@ -21,7 +22,10 @@ class SegmentationDataset(Dataset):
         image_size: ``(height, width)`` after resizing.
         transform: per-sample transform ``(image, mask, seed) -> (image, mask)`` tensors;
             ``uint8`` tensors without augmentation when ``None``.
-        mask_threshold: foreground rule, see :func:`nailseg.data.io.binarize_mask`.
+        mask_threshold: foreground rule, see :func:`nailseg.data.io.binarize_mask`; the
+            DataModule passes the data set's rule (:mod:`nailseg.data.masks`).
+        cache: decoded and resized samples (:mod:`nailseg.data.cache`); needs a fixed
+            ``mask_threshold``, since the threshold is part of the key.
     """
 
     def __init__(
@@ -30,18 +34,27 @@ class SegmentationDataset(Dataset):
         image_size: Sequence[int],
         transform: SampleTransform | None = None,
         mask_threshold: float | None = None,
+        cache: DecodeCache | None = None,
     ) -> None:
         self.pairs = list(pairs)
         self.image_size = tuple(image_size)
         self.transform = transform or to_uint8_tensors
         self.mask_threshold = mask_threshold
+        # Without a fixed threshold each mask picks its own rule, which the key cannot name.
+        self.cache = cache if cache is not None and mask_threshold is not None else DecodeCache()
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def load(self, index: int):
-        """Decoded and resized ``uint8`` arrays of pair ``index``."""
+        """Decoded and resized ``uint8`` arrays of pair ``index`` (from the cache when there)."""
         pair = self.pairs[index]
+        key = None
+        if self.cache.kind != "none":
+            key = cache_key(pair, self.image_size, self.mask_threshold)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
         image, mask = read_image(pair.image), read_mask(pair.mask, self.mask_threshold)
         if image.shape[:2] != mask.shape[:2]:
             raise DataError(
@@ -49,7 +62,10 @@ class SegmentationDataset(Dataset):
                 f" is {mask.shape[1]}x{mask.shape[0]}. Masks must have their image's size;"
                 " fix or remove this pair."
             )
-        return resize_pair(image, mask, self.image_size)
+        image, mask = resize_pair(image, mask, self.image_size)
+        if key is not None:
+            self.cache.put(key, image, mask)
+        return image, mask
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, 0)

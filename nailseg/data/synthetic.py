@@ -32,7 +32,7 @@ from nailseg.data.pairs import GroupedFolderSource, Pair
 log = logging.getLogger(__name__)
 
 # Bump when the drawing code changes, so cached sets made by older code are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 GROUPS = ("1", "2", "3", "4")
 
 # Base skin tones (RGB), from light to dark; each sample jitters one of them.
@@ -229,9 +229,14 @@ class _Canvas:
         angle_deg = float(np.degrees(np.arctan2(direction[1], direction[0])))
         if rng.random() < 0.5:
             colour = _jitter(POLISH_COLOURS[rng.integers(len(POLISH_COLOURS))], rng, 15)
-        else:  # natural nail: pinker and lighter than the skin
-            colour = np.clip(skin * rng.uniform(0.95, 1.1) + np.array([25, 5, 15]), 0, 255)
+        else:  # natural nail: the skin tone blended towards a pale pink
+            blend = rng.uniform(0.35, 0.6)
+            colour = np.clip(skin * (1 - blend) + np.array([250, 195, 200]) * blend, 0, 255)
         nail_mask = np.zeros_like(self.mask)
+        # The nail fold: a thin shadow around the plate.
+        fold = (axes[0] + 16 * max(1, int(finger_width * 0.05)), axes[1] + 16 * max(1, int(finger_width * 0.05)))
+        cv2.ellipse(self.image, _pt(centre), fold, angle_deg, 0, 360, (skin * 0.6).tolist(), -1,
+                    cv2.LINE_AA, shift=4)
         # Squarer or more oval nails: an ellipse, optionally cut flat at the cuticle.
         cv2.ellipse(nail_mask, (_pt(centre)), axes, angle_deg, 0, 360, 1, -1, shift=4)
         cv2.ellipse(self.image, (_pt(centre)), axes, angle_deg, 0, 360, colour.tolist(), -1,

@@ -1,0 +1,125 @@
+"""A cache of decoded, resized ``uint8`` images and ``{0, 1}`` masks, so later epochs skip decoding.
+
+``data.cache``:
+
+- ``none``: decode every sample every epoch.
+- ``ram``: a dict in memory. The DataModule fills it in the main process while it validates the
+  data (which decodes every file anyway), *before* DataLoader workers start; forked workers then
+  share those arrays copy-on-write, spawned workers get a pickled copy once (persistent workers).
+  A sample a worker decodes itself lands only in that worker's copy, which persistent workers
+  keep for later epochs. Needs ``pairs x H x W x 4`` bytes, e.g. 13 MB for 52 pairs at 256 px.
+- ``disk``: ``.npy`` files under ``cache_dir``, shared by all workers and by later runs.
+
+The key of an entry is a hash of both files' identity (resolved path, size, mtime), the target
+size and the mask threshold, so an edited file, another resolution or another mask rule never
+reads a stale entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nailseg.data.pairs import Pair
+from nailseg.errors import ConfigError
+
+CACHE_KINDS = ("none", "ram", "disk")
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+def _identity(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def cache_key(pair: Pair, image_size: Sequence[int], threshold: float) -> str:
+    """A hash of what a cached sample depends on."""
+    text = f"{_identity(pair.image)}\n{_identity(pair.mask)}\n{tuple(image_size)}\n{threshold:g}"
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+class DecodeCache:
+    """Base class and ``data.cache=none``: stores nothing."""
+
+    kind = "none"
+
+    def get(self, key: str) -> Arrays | None:
+        return None
+
+    def put(self, key: str, image: np.ndarray, mask: np.ndarray) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return 0
+
+
+class RamCache(DecodeCache):
+    """``data.cache=ram``: a dict per process (see the module docstring for workers)."""
+
+    kind = "ram"
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Arrays] = {}
+
+    def get(self, key: str) -> Arrays | None:
+        entry = self.entries.get(key)
+        # Copies, so a transform that works in place cannot change the cached sample.
+        return None if entry is None else (entry[0].copy(), entry[1].copy())
+
+    def put(self, key: str, image: np.ndarray, mask: np.ndarray) -> None:
+        self.entries[key] = (image, mask)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class DiskCache(DecodeCache):
+    """``data.cache=disk``: ``<folder>/<key[:2]>/<key>.image.npy`` and ``.mask.npy``."""
+
+    kind = "disk"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        base = self.folder / key[:2] / key
+        return base.with_suffix(".image.npy"), base.with_suffix(".mask.npy")
+
+    def get(self, key: str) -> Arrays | None:
+        image_path, mask_path = self._paths(key)
+        try:
+            return np.load(image_path), np.load(mask_path)
+        except (FileNotFoundError, ValueError, OSError):
+            # Missing, or half-written by a process that was killed: decode again.
+            return None
+
+    def put(self, key: str, image: np.ndarray, mask: np.ndarray) -> None:
+        image_path, mask_path = self._paths(key)
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a worker never reads a half-written file; the mask goes last,
+        # and get() needs both.
+        for path, array in ((image_path, image), (mask_path, mask)):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as handle:
+                np.save(handle, array)
+            tmp.replace(path)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.folder.glob("*/*.mask.npy")) if self.folder.is_dir() else 0
+
+
+def make_cache(kind: str, folder: str | Path | None = None) -> DecodeCache:
+    """The cache for ``data.cache=kind``; ``folder`` is where ``disk`` writes."""
+    if kind in (None, "none", False):
+        return DecodeCache()
+    if kind == "ram":
+        return RamCache()
+    if kind == "disk":
+        if folder is None:
+            raise ConfigError("data.cache=disk needs data.cache_dir=/path/to/folder.")
+        return DiskCache(folder)
+    raise ConfigError(f"Unknown data.cache={kind!r}. Options: {', '.join(CACHE_KINDS)}.")

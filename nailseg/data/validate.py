@@ -1,0 +1,239 @@
+"""The data check that runs before training (and as ``nailseg check-data``).
+
+It decodes every file once and reports: the number of pairs, images without masks and masks
+without images, unreadable or corrupt files, image/mask size mismatches, masks with unexpected
+values (problems: training stops with a :class:`DataError` listing the files and the fix, or with
+``data.on_invalid=skip`` drops those pairs, listing each), and grayscale or RGBA images,
+all-background masks and differing EXIF orientations (warnings: logged, nothing dropped).
+
+The decoded arrays are not thrown away: resized to the training size they fill the decode cache
+(:mod:`nailseg.data.cache`), so the first epoch does not decode again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nailseg.data.cache import DecodeCache, cache_key
+from nailseg.data.io import image_array, mask_values, open_file, orientation, resize_pair, upright
+from nailseg.data.masks import MaskRule, MaskStats, choose_rule
+from nailseg.data.pairs import Pair, Scan
+from nailseg.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+ON_INVALID = ("error", "skip")
+# Problem kinds in report order, each with the fix a user needs.
+PROBLEMS = {
+    "images without masks": "add the masks or remove the images",
+    "masks without images": "add the images or remove the masks",
+    "unreadable files": "replace the files with readable images or remove the pairs",
+    "size mismatches": "resize or redraw the masks to their image's size",
+    "unexpected mask values": "save binary masks (0/255 or 0/1), or set data.mask_threshold",
+}
+WARNINGS = {
+    "grayscale or RGBA images": "converted to RGB (gray replicated, alpha dropped)",
+    "all-background masks": "kept as negative examples; check they are not missing annotations",
+    "EXIF orientation differs": "each file is turned upright by its own tag; check they line up",
+}
+SHOWN = 5
+
+
+@dataclass
+class _Decoded:
+    """One pair after decoding: the training-size arrays (or ``None``) and what was found."""
+
+    pair: Pair
+    image: np.ndarray | None = None
+    values: np.ndarray | None = None
+    stats: MaskStats | None = None
+    size: tuple[int, int] | None = None
+    problems: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DataReport:
+    """The result of :func:`check_pairs`."""
+
+    source: str
+    pairs: list[Pair]
+    rule: MaskRule | None
+    problems: dict[str, list[str]]
+    warnings: dict[str, list[str]]
+    dropped: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    n_found: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.problems.values())
+
+    def format(self, full: bool = True) -> str:
+        """A human-readable report; ``full=False`` shows the first few files per item."""
+        limit = None if full else SHOWN
+        lines = [f"Data check of {self.source}: {self.n_found} pair(s) found,"
+                 f" {len(self.pairs)} usable"]
+        if self.rule is not None:
+            lines.append(f"  mask rule: {self.rule.description}")
+        if self.sizes:
+            areas = [h * w for h, w in self.sizes]
+            small, large = self.sizes[int(np.argmin(areas))], self.sizes[int(np.argmax(areas))]
+            lines.append(f"  image sizes (w x h): {small[1]}x{small[0]} to {large[1]}x{large[0]}")
+        for title, items, notes in (("problems", self.problems, PROBLEMS),
+                                    ("warnings", self.warnings, WARNINGS)):
+            found = {k: v for k, v in items.items() if v}
+            lines.append(f"  {title}: {'none' if not found else ''}".rstrip())
+            for kind, entries in found.items():
+                lines.append(f"    {len(entries)} {kind} ({notes[kind]}):")
+                lines += [f"      {e}" for e in entries[:limit]]
+                if limit is not None and len(entries) > limit:
+                    lines.append(f"      ... and {len(entries) - limit} more")
+        if self.dropped:
+            lines.append(f"  dropped ({len(self.dropped)} pair(s), data.on_invalid=skip):")
+            lines += [f"    {d}" for d in self.dropped]
+        return "\n".join(lines)
+
+
+def _decode(pair: Pair, image_size: Sequence[int] | None) -> _Decoded:
+    result = _Decoded(pair)
+    try:
+        raw_image = open_file(pair.image)
+    except DataError as err:
+        result.problems["unreadable files"] = f"{pair.image}: {_reason(err)}"
+        return result
+    try:
+        raw_mask = open_file(pair.mask)
+    except DataError as err:
+        result.problems["unreadable files"] = f"{pair.mask}: {_reason(err)}"
+        return result
+    if raw_image.mode not in ("RGB", "P"):
+        result.warnings["grayscale or RGBA images"] = f"{pair.image} (mode {raw_image.mode})"
+    tags = orientation(raw_image), orientation(raw_mask)
+    if tags[0] != tags[1]:
+        result.warnings["EXIF orientation differs"] = (
+            f"{pair.image} has EXIF orientation {tags[0]}, its mask {pair.mask} has {tags[1]}")
+    image, values = image_array(upright(raw_image)), mask_values(upright(raw_mask))
+    if image.shape[:2] != values.shape[:2]:
+        note = " (EXIF orientations differ)" if tags[0] != tags[1] else ""
+        result.problems["size mismatches"] = (
+            f"{pair.image} is {image.shape[1]}x{image.shape[0]}, its mask {pair.mask} is"
+            f" {values.shape[1]}x{values.shape[0]}{note}")
+        return result
+    result.stats, result.size = MaskStats.of(values), image.shape[:2]
+    if image_size is not None:
+        result.image, result.values = resize_pair(image, values, image_size)
+    return result
+
+
+def _reason(err: DataError) -> str:
+    # The DataError text repeats the path and the fix; keep only the cause for the report.
+    text = str(err)
+    return "file not found" if text.startswith("File not found") else text.split(": ", 1)[-1]
+
+
+def check_pairs(
+    scan: Scan,
+    source: str = "data",
+    mask_threshold: float | None = None,
+    on_invalid: str = "error",
+    image_size: Sequence[int] | None = None,
+    cache: DecodeCache | None = None,
+    workers: int | None = None,
+) -> DataReport:
+    """Decode every pair once, choose the mask rule and report what is wrong.
+
+    Args:
+        scan: the pairs and unpaired files a source found.
+        source: how to name the data in messages.
+        mask_threshold: ``data.mask_threshold`` (``None``: chosen from the masks).
+        on_invalid: ``error`` raises on any problem; ``skip`` drops the pairs with problems.
+        image_size: training ``(height, width)``; with ``cache``, decoded pairs are stored.
+        cache: the decode cache to fill.
+        workers: decoding threads (Pillow and OpenCV release the GIL while decoding).
+
+    Raises:
+        DataError: on problems with ``on_invalid=error``, when no pair is left, or when every
+            mask is empty.
+    """
+    if on_invalid not in ON_INVALID:
+        raise ConfigError(f"Unknown data.on_invalid={on_invalid!r}. Options: {', '.join(ON_INVALID)}.")
+    keep_arrays = cache is not None and cache.kind != "none" and image_size is not None
+    workers = workers or min(4, os.cpu_count() or 1)
+    decode: Callable[[Pair], _Decoded] = lambda p: _decode(p, image_size if keep_arrays else None)  # noqa: E731
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = list(pool.map(decode, scan.pairs))
+
+    problems: dict[str, list[str]] = {kind: [] for kind in PROBLEMS}
+    warnings: dict[str, list[str]] = {kind: [] for kind in WARNINGS}
+    problems["images without masks"] = [str(p) for p in scan.images_without_masks]
+    problems["masks without images"] = [str(p) for p in scan.masks_without_images]
+    readable = [d for d in decoded if d.stats is not None]
+    rule = choose_rule([d.stats for d in readable], mask_threshold) if readable else None
+    for item in decoded:
+        if item.stats is not None and rule is not None:
+            why = rule.unexpected(item.stats)
+            if why:
+                item.problems["unexpected mask values"] = f"{item.pair.mask}: {why}"
+            elif item.stats.kind == "empty" or (item.stats.kind == "8-bit"
+                                                 and item.stats.max_value <= rule.threshold):
+                item.warnings["all-background masks"] = str(item.pair.mask)
+        for kind, text in item.problems.items():
+            problems[kind].append(text)
+        for kind, text in item.warnings.items():
+            warnings[kind].append(text)
+
+    good = [d for d in decoded if not d.problems]
+    report = DataReport(source, [d.pair for d in good], rule, problems, warnings,
+                        sizes=[d.size for d in good if d.size], n_found=len(scan.pairs))
+    report.dropped = [f"{p.image}: not used ({why})" for p, why in scan.unused]
+    if not report.ok:
+        if on_invalid == "error":
+            raise DataError(_failure(report))
+        report.dropped += [f"{d.pair.image}: {kind}" for d in decoded for kind in d.problems]
+        report.dropped += [f"{p}: {kind}" for kind in ("images without masks",
+                                                       "masks without images")
+                           for p in problems[kind]]
+    for line in report.dropped:
+        log.warning("Dropped %s", line)
+    if not report.pairs:
+        raise DataError(f"No usable image/mask pair in {source}.\n{report.format(full=False)}")
+    if len(warnings["all-background masks"]) == len(report.pairs):
+        raise DataError(
+            f"Every mask in {source} is all background under the rule '{rule.description}'."
+            " Check that data.masks points at the masks, or set data.mask_threshold."
+        )
+    if keep_arrays and rule is not None:
+        for item in good:
+            key = cache_key(item.pair, image_size, rule.threshold)
+            cache.put(key, item.image, (item.values > rule.threshold).astype(np.uint8))
+    return report
+
+
+def _failure(report: DataReport) -> str:
+    bad = sum(len(v) for v in report.problems.values())
+    return (
+        f"{report.source} failed the data check ({bad} problem(s) in {report.n_found} pair(s)),"
+        f" so training did not start.\n{report.format(full=False)}\n"
+        "Fix the files listed above, or set data.on_invalid=skip to train without them (each"
+        " dropped pair is then listed). `nailseg check-data data=...` prints the full list."
+    )
+
+
+def describe(source: object) -> str:
+    """A short name for a source in messages (its repr, or its class name)."""
+    text = repr(source)
+    return text if len(text) < 200 and " object at " not in text else type(source).__name__
+
+
+def scan_source(source: object) -> Scan:
+    """``source.scan()`` when the source has one, else a :class:`Scan` of ``source.pairs()``."""
+    scan = getattr(source, "scan", None)
+    return scan() if callable(scan) else Scan(pairs=list(source.pairs()))
+
