@@ -10,7 +10,7 @@ Shape contract (checked at the boundaries, written once here):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,3 +75,47 @@ class AugmentBackend:
 
 class NoAugment(AugmentBackend):
     """``aug=none``: decode and resize in workers; convert and normalise on the device."""
+
+
+def denormalize(image: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Undo :func:`normalize`: a normalised ``(B, 3, H, W)`` image back to [0, 1]."""
+    return image * std.to(image.device).view(1, -1, 1, 1) + mean.to(image.device).view(1, -1, 1, 1)
+
+
+def augment_arrays(
+    backend: AugmentBackend,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    seeds: Sequence[int],
+    train: bool = True,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """Run a backend's whole path on decoded arrays, as the DataModule does for one batch.
+
+    The worker-side transform runs per sample, the batch is stacked and moved to ``device``, and
+    the device-side transform runs on it. Used by ``nailseg preview`` and by the tests.
+
+    Args:
+        backend: the augmentation backend.
+        images: ``uint8`` ``(H, W, 3)`` images, all of one size.
+        masks: ``uint8`` ``(H, W)`` masks in ``{0, 1}``.
+        seeds: one seed per sample (the DataModule's sampler derives them from the run's seed).
+        train: augment (``True``) or only convert and normalise (``False``).
+        device: where the batch-side transform runs.
+
+    Returns:
+        Normalised ``float32`` images ``(B, 3, H, W)`` and ``float32`` masks ``(B, 1, H, W)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> image, mask = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8)
+        >>> x, y = augment_arrays(NoAugment(), [image], [mask], [0])
+        >>> tuple(x.shape), tuple(y.shape)
+        ((1, 3, 32, 32), (1, 1, 32, 32))
+    """
+    transform = backend.sample_transform(train)
+    pairs = [transform(image, mask, int(seed)) for image, mask, seed in zip(images, masks, seeds, strict=True)]
+    image = torch.stack([p[0] for p in pairs]).to(device)
+    mask = torch.stack([p[1] for p in pairs]).to(device)
+    seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device)
+    return backend.batch_transform(image, mask, seeds_t, train)

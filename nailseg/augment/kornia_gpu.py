@@ -3,18 +3,21 @@
 Workers only decode and resize and return ``uint8``; the batch is converted, augmented and
 normalised after it reaches the device (``on_after_batch_transfer``). Geometric transforms go
 through ``kornia.augmentation.AugmentationSequential`` with the mask as a data key, which resamples
-masks with nearest interpolation. Noise, HSV and brightness/contrast are small adapters here so that
-their parameters follow the same distributions as Albumentations' (see :mod:`nailseg.augment.policy`).
+masks with nearest interpolation. Noise, HSV, brightness/contrast, CLAHE-on-L and one-of are small
+adapters here so that their parameters follow the same distributions as Albumentations' (see
+:mod:`nailseg.augment.policy`); everything else is Kornia's own.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import kornia.augmentation as K
 import torch
-from kornia.color import hsv_to_rgb, rgb_to_hsv
+from kornia.color import hsv_to_rgb, lab_to_rgb, rgb_to_hsv, rgb_to_lab
 from torch import Tensor, nn
 
 from nailseg.augment.base import AugmentBackend
@@ -54,7 +57,8 @@ class HSVShift(nn.Module):
         h, s, v = rgb_to_hsv(image).unbind(1)
         shift = lambda limit: _uniform(-limit, limit, count, device).view(-1, 1, 1)  # noqa: E731
         h = torch.remainder(h + shift(self.hue) * 2 * math.pi, 2 * math.pi)
-        s = (s + shift(self.saturation)).clamp(0, 1)
+        # Albumentations leaves grey (saturation 0) pixels grey; so do we.
+        s = torch.where(s > 0, (s + shift(self.saturation)).clamp(0, 1), s)
         v = (v + shift(self.value)).clamp(0, 1)
         return hsv_to_rgb(torch.stack([h, s, v], 1)).clamp_(0, 1)
 
@@ -71,6 +75,22 @@ class BrightnessContrast(nn.Module):
         alpha = 1 + _uniform(-self.contrast, self.contrast, count, device)
         beta = _uniform(-self.brightness, self.brightness, count, device)
         return (image * alpha.view(-1, 1, 1, 1) + beta.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+class ClaheL(nn.Module):
+    """Kornia's CLAHE on the L channel of LAB, as Albumentations/OpenCV do for RGB images.
+
+    ``K.RandomClahe`` alone would equalise R, G and B separately and shift colours.
+    """
+
+    def __init__(self, clip_limit: tuple[float, float], grid_size: int) -> None:
+        super().__init__()
+        self.clahe = K.RandomClahe(clip_limit=clip_limit, grid_size=(grid_size, grid_size), p=1.0)
+
+    def forward(self, image: Tensor) -> Tensor:
+        lab = rgb_to_lab(image)
+        lightness = self.clahe(lab[:, :1] / 100).clamp(0, 1) * 100  # L is in [0, 100]
+        return lab_to_rgb(torch.cat([lightness, lab[:, 1:]], 1)).clamp_(0, 1)
 
 
 class OneOf(nn.Module):
@@ -93,7 +113,15 @@ class OneOf(nn.Module):
 
 
 def build_kornia(policy: AugPolicy) -> tuple[K.AugmentationSequential | None, nn.Sequential]:
-    """Compile ``policy`` to a geometric stage (image and mask) and an intensity stage (image)."""
+    """Compile ``policy`` to a geometric stage (image and mask) and an intensity stage (image).
+
+    Args:
+        policy: the backend-neutral policy.
+
+    Returns:
+        ``(geometric, intensity)``: ``geometric(image, mask)`` applies the same flips/affine to
+        both (``None`` when the policy has none); ``intensity(image)`` touches only the image.
+    """
     geometric: list[nn.Module] = []
     if policy.hflip_p > 0:
         geometric.append(K.RandomHorizontalFlip(p=policy.hflip_p))
@@ -105,6 +133,7 @@ def build_kornia(policy: AugPolicy) -> tuple[K.AugmentationSequential | None, nn
             degrees=affine.degrees,
             translate=(affine.translate, affine.translate),
             scale=tuple(affine.scale),
+            resample=affine.interpolation,
             padding_mode="zeros",
             p=affine.p,
         ))
@@ -120,8 +149,7 @@ def build_kornia(policy: AugPolicy) -> tuple[K.AugmentationSequential | None, nn
         if colour.hsv is not None:
             ops.append(HSVShift(colour.hsv.hue, colour.hsv.saturation, colour.hsv.value))
         if colour.clahe is not None:
-            grid = (colour.clahe.grid_size, colour.clahe.grid_size)
-            ops.append(K.RandomClahe(clip_limit=tuple(colour.clahe.clip_limit), grid_size=grid, p=1.0))
+            ops.append(ClaheL(tuple(colour.clahe.clip_limit), colour.clahe.grid_size))
         if colour.brightness_contrast is not None:
             bc = colour.brightness_contrast
             ops.append(BrightnessContrast(bc.brightness, bc.contrast))
@@ -131,11 +159,15 @@ def build_kornia(policy: AugPolicy) -> tuple[K.AugmentationSequential | None, nn
 
 
 class KorniaAugment(AugmentBackend):
-    """Per-batch augmentation on whatever device the batch is on (one warning if not a GPU)."""
+    """Per-batch augmentation on whatever device the batch is on (one warning if not a GPU).
+
+    Args:
+        policy: the augmentation policy (a config mapping or an :class:`AugPolicy`).
+    """
 
     name = "kornia_gpu"
 
-    def __init__(self, policy=None) -> None:
+    def __init__(self, policy: Mapping[str, Any] | AugPolicy | None = None) -> None:
         super().__init__(policy)
         self.geometric, self.intensity = build_kornia(self.policy)
         self._warned_device = False
