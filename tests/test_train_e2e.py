@@ -66,3 +66,18 @@ def test_failed_run_records_the_error(make_cfg) -> None:
         run(cfg)
     record = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())
     assert record["status"] == "failed" and "validation split is empty" in record["error"]
+
+
+@pytest.mark.slow
+def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), "-m", "loss=dice,bce", *FAST_OVERRIDES,
+         *FAST_SYNTHETIC, "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+         f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={tmp_path / 'data'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads((sweep_dir / str(job) / "run.json").read_text()) for job in (0, 1)]
+    assert [r["choices"]["loss"] for r in records] == ["dice", "bce"]
+    assert all(r["status"] == "completed" for r in records)

@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nailseg.config import CONF_DIR, REPO_ROOT
+from nailseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,18 @@ RUN_JSON = "run.json"
 RESOLVED_CONFIG = "config.resolved.yaml"
 CONF_SNAPSHOT = "conf"
 VERSIONED_PACKAGES = (
-    "nailseg", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "kornia",
-    "segmentation-models-pytorch", "albumentations", "hydra-core", "omegaconf", "timm", "numpy",
+    "nailseg",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "torchmetrics",
+    "kornia",
+    "segmentation-models-pytorch",
+    "albumentations",
+    "hydra-core",
+    "omegaconf",
+    "timm",
+    "numpy",
 )
 
 
@@ -46,8 +57,52 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_run(run_dir: Path | str) -> dict[str, Any]:
+    """The ``run.json`` of a run dir, as a dict."""
     path = Path(run_dir) / RUN_JSON
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"Cannot read the run record {path}: {err.strerror}.") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"The run record {path} is not valid JSON ({err}).") from err
+
+
+def find_run_dir(path: Path | str) -> Path:
+    """The run dir that ``path`` names: a single-run dir, a multirun job dir, or its ``run.json``.
+
+    Raises:
+        ConfigError: ``path`` is not a run dir; for a multirun sweep dir the message lists its jobs.
+    """
+    run_dir = Path(path).expanduser()
+    if run_dir.name == RUN_JSON and run_dir.is_file():
+        run_dir = run_dir.parent
+    if (run_dir / RUN_JSON).is_file():
+        return run_dir.resolve()
+    if not run_dir.is_dir():
+        raise ConfigError(
+            f"Run dir {path} does not exist. Pass a folder under runs/ that holds {RUN_JSON}."
+        )
+    jobs = sorted(p.parent.name for p in run_dir.glob(f"*/{RUN_JSON}"))
+    if jobs:
+        raise ConfigError(
+            f"{path} is a multirun sweep dir, not one run. Pass one of its job dirs: "
+            + ", ".join(str(run_dir / j) for j in jobs[:10])
+            + (" ..." if len(jobs) > 10 else "")
+        )
+    raise ConfigError(
+        f"{path} is not a run dir: it has no {RUN_JSON}. Pass a folder under runs/"
+        " that a training run wrote."
+    )
+
+
+def read_config(run_dir: Path | str) -> DictConfig:
+    """The resolved config a run trained with (``config.resolved.yaml``)."""
+    path = Path(run_dir) / RESOLVED_CONFIG
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} is missing: the run dir is incomplete, so its config is unknown."
+        )
+    return OmegaConf.load(path)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -62,9 +117,11 @@ def package_versions() -> dict[str, str | None]:
 
 def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
     """Commit, dirtiness and a hash of the uncommitted diff (``None`` outside a git checkout)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                              check=True, timeout=20).stdout
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=20
+        ).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
@@ -77,7 +134,9 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
     return {
         "commit": commit,
         "dirty": bool(diff or untracked),
-        "diff_sha256": hashlib.sha256((diff + untracked).encode()).hexdigest() if diff or untracked else None,
+        "diff_sha256": hashlib.sha256((diff + untracked).encode()).hexdigest()
+        if diff or untracked
+        else None,
     }
 
 
@@ -114,30 +173,35 @@ class RunRecord:
         self._t0 = time.monotonic()
 
     @classmethod
-    def start(cls, run_dir: Path | str, cfg: DictConfig, hydra: dict[str, Any] | None = None) -> RunRecord:
+    def start(
+        cls, run_dir: Path | str, cfg: DictConfig, hydra: dict[str, Any] | None = None, **extra: Any
+    ) -> RunRecord:
         """Record what the run is before it starts.
 
         Args:
             run_dir: the run's own directory.
             cfg: the composed config (resolved here).
-            hydra: ``{"choices": ..., "overrides": ...}`` from Hydra, when run through Hydra.
+            hydra: ``{"choices": ..., "overrides": ..., "config_dir": ...}`` from Hydra, when run
+                through Hydra; without it choices and overrides are recorded as ``None``
+                (unknown, so the run cannot be re-run) and ``conf/`` is the snapshot.
+            extra: more top-level fields, e.g. ``rerun_of``.
         """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(resolved))
+        hydra = hydra or {}
         snapshot = run_dir / CONF_SNAPSHOT
         if not snapshot.exists():
-            shutil.copytree(CONF_DIR, snapshot, symlinks=False)
-        hydra = hydra or {}
+            shutil.copytree(hydra.get("config_dir") or CONF_DIR, snapshot, symlinks=False)
         data = {
             "status": "running",
             "started_at": _now(),
             "ended_at": None,
             "duration_s": None,
             "run_dir": str(run_dir.resolve()),
-            "choices": hydra.get("choices", {}),
-            "overrides": hydra.get("overrides", []),
+            "choices": hydra.get("choices"),
+            "overrides": hydra.get("overrides"),
             "seed": cfg.get("seed"),
             "git": git_state(),
             "versions": package_versions(),
@@ -147,10 +211,29 @@ class RunRecord:
             "best_checkpoint": None,
             "last_checkpoint": None,
             "error": None,
+            **extra,
         }
         record = cls(run_dir, data)
         record.save()
         return record
+
+    @classmethod
+    def reopen(cls, run_dir: Path | str, **resume: Any) -> RunRecord:
+        """Continue an interrupted run's record; ``resume`` fields go to its ``resumes`` list."""
+        run_dir = Path(run_dir)
+        data = read_run(run_dir)
+        data.setdefault("resumes", []).append({"at": _now(), **resume})
+        data.update(status="running", ended_at=None, error=None)
+        record = cls(run_dir, data)
+        record.save()
+        return record
+
+    def _duration(self) -> float:
+        """Seconds since the run started; across resumes, wall time from the first start."""
+        if self.data.get("resumes"):
+            started = dt.datetime.fromisoformat(self.data["started_at"])
+            return round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 3)
+        return round(time.monotonic() - self._t0, 3)
 
     def save(self) -> None:
         write_json(self.run_dir / RUN_JSON, self.data)
@@ -159,13 +242,18 @@ class RunRecord:
         self.data.update(fields)
         self.save()
 
-    def finish(self, status: str, metrics: dict[str, float] | None = None,
-               error: str | None = None, **fields: Any) -> None:
+    def finish(
+        self,
+        status: str,
+        metrics: dict[str, float] | None = None,
+        error: str | None = None,
+        **fields: Any,
+    ) -> None:
         self.data.update(fields)
         self.data.update(
             status=status,
             ended_at=_now(),
-            duration_s=round(time.monotonic() - self._t0, 3),
+            duration_s=self._duration(),
             error=error,
         )
         if metrics is not None:

@@ -1,0 +1,254 @@
+"""Run records, ``nailseg diff``, ``nailseg rerun`` and ``train.py resume=``: real tiny runs on CPU.
+
+One reference run (4 epochs through Hydra) is shared by the end-to-end tests: a run killed with
+SIGKILL and resumed must end bit-identical to it, and so must a re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from nailseg import cli
+from nailseg.config import REPO_ROOT
+from nailseg.data.pairs import Pair
+from nailseg.errors import ConfigError
+from nailseg.runs.checkpoint import AtomicCheckpointIO, RNGStateCallback
+from nailseg.runs.diff import RUN_DIR_TOKEN
+from nailseg.runs.fingerprint import data_fingerprint
+from nailseg.runs.record import find_run_dir, read_run
+from nailseg.runs.rerun import merge_overrides
+
+TINY = (
+    "trainer=debug",
+    "trainer.max_epochs=4",
+    "trainer.enable_progress_bar=false",
+    "data.source.count=24",
+    "data.source.image_size=64",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.num_workers=0",
+)
+# One thread: on a small shared CPU, thread contention makes a 64 px step 20x slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), *args]
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def diff(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    capsys.readouterr()
+    code = cli.main(["diff", *map(str, args)])
+    return code, capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- units (fast)
+
+
+def test_data_fingerprint_tracks_csvs_sizes_and_mask_rule(tmp_path: Path) -> None:
+    for name in ("a.png", "a_mask.png"):
+        (tmp_path / name).write_bytes(b"12345")
+    (tmp_path / "train.csv").write_text("image,mask,group\na.png,a_mask.png,\n")
+    splits = {"train": [Pair(tmp_path / "a.png", tmp_path / "a_mask.png")], "valid": []}
+    base = data_fingerprint(tmp_path, splits)
+    assert base == data_fingerprint(tmp_path, splits)
+    assert base["n"] == {"train": 1, "valid": 0}
+    assert data_fingerprint(tmp_path, splits, mask_rule={"threshold": 127})["sha256"] != base["sha256"]
+    (tmp_path / "a_mask.png").write_bytes(b"123456")
+    resized = data_fingerprint(tmp_path, splits)
+    assert resized["files_sha256"] != base["files_sha256"]
+    (tmp_path / "train.csv").write_text("image,mask,group\na.png,a_mask.png,g\n")
+    assert data_fingerprint(tmp_path, splits)["csv_sha256"] != resized["csv_sha256"]
+    (tmp_path / "a.png").unlink()
+    assert data_fingerprint(tmp_path, splits)["missing_files"] == [str(tmp_path / "a.png")]
+
+
+def test_atomic_checkpoint_io_keeps_the_previous_file_on_failure(tmp_path: Path) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+    with pytest.raises(Exception):  # noqa: B017 - torch.save cannot pickle a lambda
+        io.save_checkpoint({"step": torch.tensor(2), "bad": lambda: 0}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_rng_state_callback_restores_every_generator(tmp_path: Path) -> None:
+    callback = RNGStateCallback()
+    torch.save(callback.state_dict(), tmp_path / "rng.pt")
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    callback.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert first[2] == again[2]
+
+
+def test_merge_overrides_puts_extra_on_top() -> None:
+    recorded = ["encoder=resnet18", "data.batch_size=4", "paths.output_dir=/old", "resume=/x"]
+    assert merge_overrides(recorded, ["encoder=resnet34", "+model.foo=1"]) == [
+        "data.batch_size=4", "encoder=resnet34", "+model.foo=1",
+    ]
+
+
+def test_find_run_dir_explains_what_it_needs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_run_dir(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="has no run.json"):
+        find_run_dir(tmp_path)
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match="multirun sweep dir.*0"):
+        find_run_dir(tmp_path)
+    assert find_run_dir(tmp_path / "0") == (tmp_path / "0").resolve()
+
+
+# ------------------------------------------------------------------ end to end (slow, CPU)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory):
+    """A reference run, and a run of the same config killed after its first checkpoint."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    common = (*TINY, f"paths.runs_dir={root}", f"paths.data_dir={root / 'data'}")
+    full, killed = root / "full", root / "killed"
+    train(*common, f"hydra.run.dir={full}")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train.py"), *common, f"hydra.run.dir={killed}"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "last.ckpt").exists() and proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("no checkpoint within 120 s")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    yield {"root": root, "common": common, "full": full, "killed": killed}
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_every_run_records_itself(runs: dict) -> None:
+    full = runs["full"]
+    for name in ("config.resolved.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml",
+                 "conf/train.yaml", "train.log"):
+        assert (full / name).is_file(), name
+    record = read_run(full)
+    assert record["status"] == "completed" and record["ended_at"] and record["duration_s"] > 0
+    assert record["choices"]["encoder"] == "resnet18" and "trainer=debug" in record["overrides"]
+    assert set(record["git"]) == {"commit", "dirty", "diff_sha256"}
+    for package in ("python", "torch", "pytorch-lightning", "kornia", "segmentation-models-pytorch",
+                    "albumentations", "hydra-core", "omegaconf"):
+        assert record["versions"][package], package
+    assert {"cpu", "gpu", "cuda"} <= set(record["device"])
+    assert record["seed"] == 42 and len(record["data"]["sha256"]) == 64
+    assert record["data"]["n"]["train"] > 0
+    assert Path(record["best_checkpoint"]).is_file() and Path(record["last_checkpoint"]).is_file()
+
+
+@pytest.mark.slow
+def test_checkpoints_load_with_weights_only(runs: dict) -> None:
+    state = torch.load(runs["full"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 3 and "hyper_parameters" not in state
+    assert "RNGStateCallback" in state["callbacks"]
+
+
+@pytest.mark.slow
+def test_resume_refuses_contradicting_overrides(runs: dict, tmp_path: Path) -> None:
+    killed = runs["killed"]
+    assert read_run(killed)["status"] == "running"  # really killed before the end
+    for override, recorded in (("trainer.max_epochs=5", "trainer.max_epochs=4"),
+                               ("encoder=resnet34", "encoder=resnet18")):
+        with pytest.raises(SystemExit, match=f"contradict the recorded run.*{recorded}"):
+            cli.main(["train", f"resume={killed}", override, f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(SystemExit, match="completed; there is nothing to resume"):
+        cli.main(["train", f"resume={runs['full']}", f"hydra.run.dir={tmp_path}"])
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(runs: dict) -> None:
+    full, killed, root = runs["full"], runs["killed"], runs["root"]
+    # Repeating the recorded overrides is allowed; they agree with the run.
+    train(f"resume={killed}", "trainer.max_epochs=4", "encoder=resnet18",
+          f"hydra.run.dir={root / 'resume-log'}")
+    record = read_run(killed)
+    assert record["status"] == "completed" and len(record["resumes"]) == 1
+    assert (root / "resume-log" / "resumed_run").resolve() == killed.resolve()
+    assert record["metrics"] == read_run(full)["metrics"]  # bit-identical, not approximately
+    # The metrics logged before the kill are kept, and nothing is logged twice.
+    assert (killed / "csv" / "metrics.csv").read_text() == (full / "csv" / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_reproduces_the_run(runs: dict, capsys: pytest.CaptureFixture) -> None:
+    full = runs["full"]
+    assert cli.main(["rerun", str(full)]) == 0
+    new = Path(capsys.readouterr().out.split("New run: ")[1].split()[0])
+    assert new != full and (new / ".hydra" / "overrides.yaml").is_file()
+    record = read_run(new)
+    assert record["rerun_of"] == str(full.resolve())
+    assert record["choices"] == read_run(full)["choices"]
+    assert record["metrics"] == read_run(full)["metrics"]
+    code, out = diff(full, new, capsys=capsys)
+    assert code == 0 and "configs are equal" in out and "metrics" not in out
+
+
+@pytest.mark.slow
+def test_diff_shows_only_what_differs(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    full = runs["full"]
+    # A second run differing in one choice: the record files edited as such a run would write them.
+    other = tmp_path / "sweep" / "1"
+    shutil.copytree(full, other, ignore=shutil.ignore_patterns("*.ckpt"))
+    record = read_run(other)
+    record["run_dir"] = str(other)
+    record["choices"]["encoder"] = "resnet34"
+    record["metrics"]["val/iou"] += 0.25
+    (other / "run.json").write_text(json.dumps(record))
+    cfg = yaml.safe_load((other / "config.resolved.yaml").read_text())
+    cfg["encoder"]["name"] = cfg["model"]["encoder_name"] = "resnet34"
+    cfg["trainer"]["default_root_dir"] = str(other)  # run-specific: must not show
+    (other / "config.resolved.yaml").write_text(yaml.safe_dump(cfg))
+
+    code, out = diff(full, other, capsys=capsys)
+    assert code == 1 and "configs differ" in out
+    assert "model.encoder_name" in out and "resnet18 → resnet34" in out
+    assert "val/iou" in out and "(+0.25)" in out
+    assert "default_root_dir" not in out and "val/dice" not in out
+    code, out = diff(full, other, "--json", capsys=capsys)
+    data = json.loads(out)
+    assert code == 1 and set(data) == {"choices", "config", "env", "data", "metrics"}
+    assert data["choices"] == {"encoder": {"a": "resnet18", "b": "resnet34"}}
+    assert data["metrics"]["val/iou"]["delta"] == pytest.approx(0.25)
+    code, out = diff(full, other, "--all", "--json", capsys=capsys)
+    assert json.loads(out)["config"]["seed"] == {"a": 42, "b": 42}
+    assert diff(full, tmp_path / "sweep", capsys=capsys)[0] == 2  # a sweep dir, not a job
+
+
+@pytest.mark.slow
+def test_diff_against_current_defaults(runs: dict, capsys: pytest.CaptureFixture) -> None:
+    code, out = diff(runs["full"], "--json", capsys=capsys)
+    data = json.loads(out)
+    assert code == 1 and data["choices"]["trainer"] == {"a": "debug", "b": "default"}
+    assert data["config"]["trainer.max_epochs"]["a"] == 4
+    # The run dir is <run_dir> on both sides, so paths derived from it are no difference.
+    assert not [k for k, v in data["config"].items() if RUN_DIR_TOKEN in json.dumps(v)]
+    assert "paths.output_dir" not in data["config"] and data["metrics"] == {}
