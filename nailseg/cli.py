@@ -11,6 +11,10 @@ import sys
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("nailseg.train", "train with Hydra overrides (same as python train.py)"),
+    "check-data": ("nailseg.data.check", "validate a data set and print a report"),
+    "preview": ("nailseg.preview", "write a PNG grid of augmented samples with their masks"),
+    "diff": ("nailseg.runs.diff", "show what differs between two runs"),
+    "rerun": ("nailseg.runs.rerun", "run a recorded run again from its conf/ snapshot"),
 }
 
 

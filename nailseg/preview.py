@@ -1,0 +1,143 @@
+"""``nailseg preview [options] [overrides]``: a PNG grid of what an augmentation pipeline does.
+
+Each row is one training sample: the decoded and resized original, several augmented versions
+with the augmented mask drawn as a translucent overlay and contour, and the original mask alone.
+The augmented versions go through the backend's whole path (worker-side transform, then the
+device-side one), exactly as training does; version ``k`` of a sample is drawn from the seed the
+training sampler gives that sample in epoch ``k``.
+
+Examples:
+    nailseg preview
+    nailseg preview aug=kornia_gpu aug/policy=heavy data=synthetic --out heavy.png
+    nailseg preview data=folder data.images=photos/ data.masks=masks/ --samples 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from nailseg.augment.base import AugmentBackend, augment_arrays, denormalize
+from nailseg.config import compose_config
+from nailseg.data.sampler import sample_seed
+from nailseg.errors import ConfigError, NailsegError
+from nailseg.train import build_datamodule
+
+OVERLAY_RGB = (0, 255, 80)  # the mask overlay and contour colour
+OVERLAY_ALPHA = 0.4
+LABEL_HEIGHT = 22
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``uint8`` RGB ``(H, W, 3)`` with mask ``(H, W)`` in {0, 1} tinted and outlined on it."""
+    out = image.copy()
+    tint = np.array(OVERLAY_RGB, dtype=np.float32)
+    fg = mask.astype(bool)
+    out[fg] = (out[fg] * (1 - OVERLAY_ALPHA) + tint * OVERLAY_ALPHA).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, OVERLAY_RGB, 1)
+    return out
+
+
+def _to_uint8_rgb(images: torch.Tensor, backend: AugmentBackend) -> np.ndarray:
+    """Normalised ``(B, 3, H, W)`` float images back to ``uint8`` ``(B, H, W, 3)``."""
+    pixels = denormalize(images.detach().cpu(), backend.mean, backend.std).clamp(0, 1)
+    return (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def _label(tile_width: int, text: str) -> np.ndarray:
+    strip = np.full((LABEL_HEIGHT, tile_width, 3), 255, np.uint8)
+    cv2.putText(strip, text, (4, LABEL_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return strip
+
+
+def preview_grid(
+    backend: AugmentBackend,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    indices: Sequence[int],
+    seed: int,
+    versions: int = 4,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """The grid as a ``uint8`` RGB array: one row per sample, ``versions + 2`` tiles a row.
+
+    Args:
+        backend: the augmentation backend whose training path is shown.
+        images: decoded, resized ``uint8`` ``(H, W, 3)`` images, all of one size.
+        masks: their ``uint8`` ``(H, W)`` masks in {0, 1}.
+        indices: the samples' indices in the training set (for their seeds).
+        seed: the run's seed.
+        versions: augmented versions per sample (epochs ``0 .. versions - 1``).
+        device: where the backend's batch-side transform runs.
+    """
+    width = images[0].shape[1]
+    columns: list[list[np.ndarray]] = [[overlay_mask(i, m) for i, m in zip(images, masks, strict=True)]]
+    for epoch in range(versions):
+        seeds = [sample_seed(seed, epoch, index) for index in indices]
+        aug_images, aug_masks = augment_arrays(backend, images, masks, seeds, train=True, device=device)
+        pixels = _to_uint8_rgb(aug_images, backend)
+        binary = aug_masks[:, 0].detach().cpu().numpy().astype(np.uint8)
+        columns.append([overlay_mask(p, m) for p, m in zip(pixels, binary, strict=True)])
+    columns.append([np.repeat(m[..., None] * 255, 3, axis=2).astype(np.uint8) for m in masks])
+    titles = ["original", *(f"augmented {k + 1}" for k in range(versions)), "mask"]
+
+    def row(tiles: list[np.ndarray]) -> np.ndarray:
+        gap = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
+        return np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+
+    header = row([_label(width, t) for t in titles])
+    rows = [row([column[r] for column in columns]) for r in range(len(images))]
+    spacer = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([header, *(x for r in rows for x in (spacer, r))], axis=0)
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nailseg preview", description=__doc__.split("\n\n")[0],
+        epilog="Other arguments are Hydra overrides, as for train.py (aug=..., aug/policy=..., data=...).",
+    )
+    parser.add_argument("--samples", type=int, default=4, help="rows: training samples shown")
+    parser.add_argument("--versions", type=int, default=4, help="augmented versions per sample")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="PNG to write (default: runs/preview/AUG-POLICY.png)")
+    parser.add_argument("--device", default="cpu", help="device for batch-side augmentation")
+    args, overrides = parser.parse_known_args(argv)
+    if args.samples < 1 or args.versions < 1:
+        print("error: --samples and --versions must be at least 1.", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cfg = compose_config([f"paths.output_dir={tmp}", *overrides], return_hydra_config=True)
+            datamodule = build_datamodule(cfg)
+            datamodule.setup("fit")
+        except NailsegError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        except (HydraException, OmegaConfBaseException) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    train = datamodule.datasets["train"]
+    count = min(args.samples, len(train))
+    indices = np.linspace(0, len(train) - 1, count).round().astype(int).tolist()
+    arrays = [train.load(i) for i in indices]
+    grid = preview_grid(datamodule.augment, [a[0] for a in arrays], [a[1] for a in arrays], indices,
+                        int(cfg.seed), args.versions, args.device)
+    aug, policy = cfg.hydra.runtime.choices["aug"], cfg.hydra.runtime.choices["aug/policy"]
+    out = args.out or Path(cfg.paths.runs_dir) / "preview" / f"{aug}-{policy}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise ConfigError(f"Cannot write {out}: check the folder is writable, or pass --out PATH.")
+    print(f"wrote {out} ({count} samples x {args.versions} augmented versions, aug={aug},"
+          f" aug/policy={policy})")
+    return 0
