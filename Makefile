@@ -24,8 +24,8 @@ test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff check and format check
-	$(VENV)/bin/ruff check nailseg tests train.py
-	$(VENV)/bin/ruff format --check nailseg tests train.py
+	$(VENV)/bin/ruff check nailseg tests train.py benchmarks experiments
+	$(VENV)/bin/ruff format --check nailseg tests train.py benchmarks experiments
 
 clean:  ## remove run outputs and generated data (keeps .venv)
 	rm -rf runs data .pytest_cache

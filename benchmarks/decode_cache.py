@@ -49,13 +49,23 @@ def main() -> None:
         best: dict[str, list[float]] = {"dataset": [], "datamodule": []}
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
-                dataset = SegmentationDataset(source.pairs(), size, mask_threshold=127,
-                                              cache=make_cache(kind, Path(tmp) / "a"))
+                dataset = SegmentationDataset(
+                    source.pairs(),
+                    size,
+                    mask_threshold=127,
+                    cache=make_cache(kind, Path(tmp) / "a"),
+                )
                 best["dataset"].append([0.0, epoch_time(dataset), epoch_time(dataset)])
                 start = time.perf_counter()
                 datamodule = SegmentationDataModule(
-                    source, image_size=size, cache=kind, cache_dir=Path(tmp) / "b",
-                    split_dir=Path(tmp) / "splits", valid_fraction=0.19, seed=42)
+                    source,
+                    image_size=size,
+                    cache=kind,
+                    cache_dir=Path(tmp) / "b",
+                    split_dir=Path(tmp) / "splits",
+                    valid_fraction=0.19,
+                    seed=42,
+                )
                 datamodule.setup("fit")
                 setup = time.perf_counter() - start
                 train = datamodule.datasets["train"]

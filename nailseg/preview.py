@@ -56,8 +56,16 @@ def _to_uint8_rgb(images: torch.Tensor, backend: AugmentBackend) -> np.ndarray:
 
 def _label(tile_width: int, text: str) -> np.ndarray:
     strip = np.full((LABEL_HEIGHT, tile_width, 3), 255, np.uint8)
-    cv2.putText(strip, text, (4, LABEL_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                cv2.LINE_AA)
+    cv2.putText(
+        strip,
+        text,
+        (4, LABEL_HEIGHT - 7),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.45,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
     return strip
 
 
@@ -82,10 +90,14 @@ def preview_grid(
         device: where the backend's batch-side transform runs.
     """
     width = images[0].shape[1]
-    columns: list[list[np.ndarray]] = [[overlay_mask(i, m) for i, m in zip(images, masks, strict=True)]]
+    columns: list[list[np.ndarray]] = [
+        [overlay_mask(i, m) for i, m in zip(images, masks, strict=True)]
+    ]
     for epoch in range(versions):
         seeds = [sample_seed(seed, epoch, index) for index in indices]
-        aug_images, aug_masks = augment_arrays(backend, images, masks, seeds, train=True, device=device)
+        aug_images, aug_masks = augment_arrays(
+            backend, images, masks, seeds, train=True, device=device
+        )
         pixels = _to_uint8_rgb(aug_images, backend)
         binary = aug_masks[:, 0].detach().cpu().numpy().astype(np.uint8)
         columns.append([overlay_mask(p, m) for p, m in zip(pixels, binary, strict=True)])
@@ -104,13 +116,16 @@ def preview_grid(
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="nailseg preview", description=__doc__.split("\n\n")[0],
-        epilog="Other arguments are Hydra overrides, as for train.py (aug=..., aug/policy=..., data=...).",
+        prog="nailseg preview",
+        description=__doc__.split("\n\n")[0],
+        epilog="Other arguments are Hydra overrides, as for train.py"
+        " (aug=..., aug/policy=..., data=...).",
     )
     parser.add_argument("--samples", type=int, default=4, help="rows: training samples shown")
     parser.add_argument("--versions", type=int, default=4, help="augmented versions per sample")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="PNG to write (default: runs/preview/AUG-POLICY.png)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="PNG to write (default: runs/preview/AUG-POLICY.png)"
+    )
     parser.add_argument("--device", default="cpu", help="device for batch-side augmentation")
     args, overrides = parser.parse_known_args(argv)
     if args.samples < 1 or args.versions < 1:
@@ -131,13 +146,22 @@ def cli(argv: list[str]) -> int:
     count = min(args.samples, len(train))
     indices = np.linspace(0, len(train) - 1, count).round().astype(int).tolist()
     arrays = [train.load(i) for i in indices]
-    grid = preview_grid(datamodule.augment, [a[0] for a in arrays], [a[1] for a in arrays], indices,
-                        int(cfg.seed), args.versions, args.device)
+    grid = preview_grid(
+        datamodule.augment,
+        [a[0] for a in arrays],
+        [a[1] for a in arrays],
+        indices,
+        int(cfg.seed),
+        args.versions,
+        args.device,
+    )
     aug, policy = cfg.hydra.runtime.choices["aug"], cfg.hydra.runtime.choices["aug/policy"]
     out = args.out or Path(cfg.paths.runs_dir) / "preview" / f"{aug}-{policy}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
         raise ConfigError(f"Cannot write {out}: check the folder is writable, or pass --out PATH.")
-    print(f"wrote {out} ({count} samples x {args.versions} augmented versions, aug={aug},"
-          f" aug/policy={policy})")
+    print(
+        f"wrote {out} ({count} samples x {args.versions} augmented versions, aug={aug},"
+        f" aug/policy={policy})"
+    )
     return 0

@@ -91,14 +91,20 @@ def _hydra_info() -> dict[str, Any]:
         return {}
     hydra_cfg = HydraConfig.get()
     return {
-        "choices": {k: v for k, v in OmegaConf.to_container(hydra_cfg.runtime.choices).items()
-                    if not k.startswith("hydra")},
+        "choices": {
+            k: v
+            for k, v in OmegaConf.to_container(hydra_cfg.runtime.choices).items()
+            if not k.startswith("hydra")
+        },
         "overrides": list(hydra_cfg.overrides.task),
         "output_dir": hydra_cfg.runtime.output_dir,
         # The primary config dir (conf/, or a run's snapshot for a rerun): what the record copies.
         "config_dir": next(
-            (s.path for s in hydra_cfg.runtime.config_sources
-             if s.provider == "main" and s.schema == "file"),
+            (
+                s.path
+                for s in hydra_cfg.runtime.config_sources
+                if s.provider == "main" and s.schema == "file"
+            ),
             None,
         ),
     }
@@ -116,8 +122,12 @@ def _open_record(
     if here is not None and here != resume.run_dir:
         # This invocation's own Hydra dir holds only its .hydra/ and log; point it at the run.
         (here / "resumed_run").symlink_to(resume.run_dir, target_is_directory=True)
-    record = RunRecord.reopen(resume.run_dir, checkpoint=str(resume.checkpoint),
-                              overrides=info.get("overrides"), log_dir=str(here) if here else None)
+    record = RunRecord.reopen(
+        resume.run_dir,
+        checkpoint=str(resume.checkpoint),
+        overrides=info.get("overrides"),
+        log_dir=str(here) if here else None,
+    )
     log.info("Resuming %s from %s", resume.run_dir, resume.checkpoint)
     return resume.cfg, record, resume
 
@@ -152,15 +162,19 @@ def run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
             module = build_module(cfg)
             datamodule = build_datamodule(cfg)
             datamodule.setup("fit")
-            fingerprint = data_fingerprint(datamodule.split_folder, datamodule.splits,
-                                           getattr(datamodule, "mask_rule", None))
+            fingerprint = data_fingerprint(
+                datamodule.split_folder, datamodule.splits, getattr(datamodule, "mask_rule", None)
+            )
             if resume:
                 check_same_data(resume, fingerprint)
             record.update(data=fingerprint)
             trainer = build_trainer(cfg)
             with keep_csv_logs(trainer, resume):
-                trainer.fit(module, datamodule=datamodule,
-                            ckpt_path=str(resume.checkpoint) if resume else None)
+                trainer.fit(
+                    module,
+                    datamodule=datamodule,
+                    ckpt_path=str(resume.checkpoint) if resume else None,
+                )
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint else ""
@@ -175,13 +189,17 @@ def run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
             metrics=metrics,
             best_checkpoint=best or None,
             best_score=float(checkpoint.best_model_score)
-            if checkpoint and checkpoint.best_model_score is not None else None,
+            if checkpoint and checkpoint.best_model_score is not None
+            else None,
             last_checkpoint=_last_checkpoint(trainer),
         )
         log.info(
             "Done in %.0f s: val/iou=%.4f val/dice=%.4f val/loss=%.4f. Run dir: %s",
-            record.data["duration_s"], metrics.get("val/iou", float("nan")),
-            metrics.get("val/dice", float("nan")), metrics.get("val/loss", float("nan")), run_dir,
+            record.data["duration_s"],
+            metrics.get("val/iou", float("nan")),
+            metrics.get("val/dice", float("nan")),
+            metrics.get("val/loss", float("nan")),
+            run_dir,
         )
     return record.data
 

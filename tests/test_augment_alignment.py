@@ -1,4 +1,4 @@
-"""Masks are never wrong: both backends move image and mask together, and only the image changes colour.
+"""Masks are never wrong: both backends move image and mask together; only images change colour.
 
 The image encodes its mask (every channel is ``255 * mask``), so after any geometric transform
 the image itself says where the mask must be:
@@ -30,9 +30,12 @@ from nailseg.config import compose_config
 BACKENDS = {"albu_cpu": AlbumentationsAugment, "kornia_gpu": KorniaAugment}
 SEEDS = list(range(500, 532))
 GEOMETRIC = {
-    "hflip_p": 0.5, "vflip_p": 0.5,
+    "hflip_p": 0.5,
+    "vflip_p": 0.5,
     "affine": {"p": 1.0, "degrees": 45, "scale": [0.7, 1.3], "translate": 0.15},
-    "noise": None, "blur": None, "colour": None,
+    "noise": None,
+    "blur": None,
+    "colour": None,
 }
 SLACK = 8  # grey levels, for OpenCV's fixed-point bilinear weights
 
@@ -63,7 +66,9 @@ def _run(backend: AugmentBackend, device: torch.device) -> tuple[np.ndarray, np.
     """Grey levels 0-255 (float) of channel 0 and the masks, both ``(N, H, W)``."""
     images, masks = _samples()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the "not a GPU" warning, tested in test_augment_device_path
+        warnings.simplefilter(
+            "ignore"
+        )  # the "not a GPU" warning, tested in test_augment_device_path
         image, mask = augment_arrays(backend, images, masks, SEEDS, train=True, device=device)
     assert image.dtype == torch.float32 and mask.dtype == torch.float32
     assert tuple(mask.shape) == (len(SEEDS), 1, 64, 64)
@@ -89,7 +94,9 @@ def test_nearest_resampling_keeps_image_and_mask_identical(name: str, device: to
     grey, mask = _run(_backend(name, policy, device), device)
     assert set(np.unique(mask)) <= {0.0, 1.0}
     assert _moved(mask) == 1.0
-    np.testing.assert_allclose(grey, 255 * mask, atol=0.01, err_msg=f"{name}: image and mask disagree")
+    np.testing.assert_allclose(
+        grey, 255 * mask, atol=0.01, err_msg=f"{name}: image and mask disagree"
+    )
     # Padding: the all-foreground samples gain background where the transform uncovered them,
     # and the image is 0 (the defined fill) exactly there.
     padded = mask[3::4]
@@ -103,8 +110,12 @@ def test_bilinear_image_stays_on_its_nearest_mask(name: str, device: torch.devic
     assert set(np.unique(mask)) <= {0.0, 1.0}
     assert _moved(mask) == 1.0
     foreground, background = grey[mask == 1], grey[mask == 0]
-    assert foreground.min() >= 255 / 4 - SLACK, f"{name}: mask 1 where image is {foreground.min():.1f}"
-    assert background.max() <= 255 * 3 / 4 + SLACK, f"{name}: mask 0 where image is {background.max():.1f}"
+    assert foreground.min() >= 255 / 4 - SLACK, (
+        f"{name}: mask 1 where image is {foreground.min():.1f}"
+    )
+    assert background.max() <= 255 * 3 / 4 + SLACK, (
+        f"{name}: mask 0 where image is {background.max():.1f}"
+    )
     # Bilinear must actually blend edges, or this test would only repeat the nearest one.
     assert ((grey > 1) & (grey < 254)).any()
 
@@ -112,7 +123,9 @@ def test_bilinear_image_stays_on_its_nearest_mask(name: str, device: torch.devic
 @pytest.mark.parametrize("policy_name", ["tutorial", "heavy"])
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_intensity_ops_never_touch_masks(name: str, policy_name: str, device: torch.device) -> None:
-    policy = dict(compose_config(["paths.output_dir=unused", f"aug/policy={policy_name}"]).aug.policy)
+    policy = dict(
+        compose_config(["paths.output_dir=unused", f"aug/policy={policy_name}"]).aug.policy
+    )
     geometric_only = {**policy, "noise": None, "blur": None, "colour": None}
     grey, mask = _run(_backend(name, policy, device), device)
     _, expected = _run(_backend(name, geometric_only, device), device)
@@ -122,4 +135,6 @@ def test_intensity_ops_never_touch_masks(name: str, policy_name: str, device: to
     np.testing.assert_array_equal(mask, expected)
     for g, m in zip(grey, mask, strict=True):
         if 0 < m.mean() < 1:
-            assert g[m == 1].mean() > g[m == 0].mean() + 50, f"{name}/{policy_name}: mask off the shape"
+            assert g[m == 1].mean() > g[m == 0].mean() + 50, (
+                f"{name}/{policy_name}: mask off the shape"
+            )

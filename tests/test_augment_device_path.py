@@ -32,8 +32,13 @@ def test_kornia_gpu_path(make_cfg, device: torch.device) -> None:
     datamodule = build_datamodule(make_cfg("aug=kornia_gpu", "data.source.count=16"))
     datamodule.setup("fit")
     # A real Trainer only to say whether we are training, as Lightning does during fit/validate.
-    datamodule.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
-                                    enable_progress_bar=False, enable_model_summary=False)
+    datamodule.trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
     loader = datamodule.train_dataloader()
     assert loader.pin_memory == torch.cuda.is_available()  # page-locked only where it helps
@@ -48,8 +53,9 @@ def test_kornia_gpu_path(make_cfg, device: torch.device) -> None:
         batch = move_data_to_device(raw, device)
         return datamodule.on_after_batch_transfer(batch, 0)
 
-    expected_plain = normalize(raw["image"].to(device).float() / 255, datamodule.augment.mean,
-                               datamodule.augment.std)
+    expected_plain = normalize(
+        raw["image"].to(device).float() / 255, datamodule.augment.mean, datamodule.augment.std
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train_batches = [after_transfer(training=True) for _ in range(2)]
@@ -58,7 +64,12 @@ def test_kornia_gpu_path(make_cfg, device: torch.device) -> None:
     for out in (*train_batches, valid):
         assert out["image"].dtype == torch.float32 and out["image"].device.type == device.type
         assert tuple(out["image"].shape) == (batch_size, 3, 64, 64)
-        assert out["mask"].dtype == torch.float32 and tuple(out["mask"].shape) == (batch_size, 1, 64, 64)
+        assert out["mask"].dtype == torch.float32 and tuple(out["mask"].shape) == (
+            batch_size,
+            1,
+            64,
+            64,
+        )
         assert set(out["mask"].unique().tolist()) <= {0.0, 1.0}
     # Validation: normalisation only, bit for bit; masks untouched.
     torch.testing.assert_close(valid["image"], expected_plain)

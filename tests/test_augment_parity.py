@@ -164,36 +164,65 @@ class Case:
 
 CASES = {
     "flips": Case(
-        {**OFF, "hflip_p": 0.5, "vflip_p": 0.3}, _marker, _flips,
+        {**OFF, "hflip_p": 0.5, "vflip_p": 0.3},
+        _marker,
+        _flips,
         # "both": the two flips are drawn independently (p = 0.5 * 0.3).
         fractions={"hflip": 0.5, "vflip": 0.3, "both": 0.15},
         different={**OFF, "hflip_p": 0.35, "vflip_p": 0.3},
     ),
     "affine": Case(
         {**OFF, "affine": {"p": 0.7, "degrees": 20, "scale": [0.8, 1.2], "translate": 0.08}},
-        _ellipse, _moments,
+        _ellipse,
+        _moments,
         fractions={"applied": 0.7},
-        uniform={"angle": (-20, 20), "scale": (0.8, 1.2), "shift_x": (-0.08, 0.08),
-                 "shift_y": (-0.08, 0.08)},
-        different={**OFF, "affine": {"p": 0.7, "degrees": 26, "scale": [0.8, 1.2], "translate": 0.08}},
+        uniform={
+            "angle": (-20, 20),
+            "scale": (0.8, 1.2),
+            "shift_x": (-0.08, 0.08),
+            "shift_y": (-0.08, 0.08),
+        },
+        different={
+            **OFF,
+            "affine": {"p": 0.7, "degrees": 26, "scale": [0.8, 1.2], "translate": 0.08},
+        },
     ),
     "brightness_contrast": Case(
-        {**OFF, "colour": {"p": 0.6, "hsv": None, "clahe": None,
-                           "brightness_contrast": {"brightness": 0.2, "contrast": 0.2}}},
-        _two_levels, _brightness,
+        {
+            **OFF,
+            "colour": {
+                "p": 0.6,
+                "hsv": None,
+                "clahe": None,
+                "brightness_contrast": {"brightness": 0.2, "contrast": 0.2},
+            },
+        },
+        _two_levels,
+        _brightness,
         fractions={"applied": 0.6},
         uniform={"brightness": (-0.2, 0.2), "contrast": (-0.2, 0.2)},
-        different={**OFF, "colour": {"p": 0.6, "hsv": None, "clahe": None,
-                                     "brightness_contrast": {"brightness": 0.3, "contrast": 0.2}}},
+        different={
+            **OFF,
+            "colour": {
+                "p": 0.6,
+                "hsv": None,
+                "clahe": None,
+                "brightness_contrast": {"brightness": 0.3, "contrast": 0.2},
+            },
+        },
     ),
     "noise": Case(
-        {**OFF, "noise": {"p": 0.3, "std": [0.02, 0.06]}}, _flat, _noise,
+        {**OFF, "noise": {"p": 0.3, "std": [0.02, 0.06]}},
+        _flat,
+        _noise,
         fractions={"applied": 0.3},
         uniform={"std": (0.02, 0.06)},
         different={**OFF, "noise": {"p": 0.45, "std": [0.02, 0.06]}},
     ),
     "blur": Case(
-        {**OFF, "blur": {"p": 0.4, "sigma": [0.5, 1.5], "kernel_size": 5}}, _step, _blur,
+        {**OFF, "blur": {"p": 0.4, "sigma": [0.5, 1.5], "kernel_size": 5}},
+        _step,
+        _blur,
         fractions={"applied": 0.4},
         uniform={"sigma": (0.5, 1.5)},
         different={**OFF, "blur": {"p": 0.4, "sigma": [0.7, 1.5], "kernel_size": 5}},
@@ -202,7 +231,9 @@ CASES = {
 
 
 # ---------------------------------------------------------------------------- running, comparing
-def run(backend: AugmentBackend, pattern: Callable[[], tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def run(
+    backend: AugmentBackend, pattern: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
     """The backend's augmented images, de-normalised to [0, 1], as ``(N, 3, H, W)`` numpy."""
     image, mask = pattern()
     with warnings.catch_warnings():
@@ -217,7 +248,9 @@ def measured(name: str, backend: str, different: bool = False) -> dict[str, np.n
     cls = {"albu": AlbumentationsAugment, "kornia": KorniaAugment}[backend]
     image, _ = case.pattern()
     original = image.transpose(2, 0, 1).astype(np.float64) / 255
-    return case.measure(run(cls(case.different if different else case.policy), case.pattern), original)
+    return case.measure(
+        run(cls(case.different if different else case.policy), case.pattern), original
+    )
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray | tuple[float, float]) -> float:
@@ -229,8 +262,11 @@ def ks_distance(a: np.ndarray, b: np.ndarray | tuple[float, float]) -> float:
         return float(max((i - cdf).max(), (cdf - (i - 1 / len(a))).max()))
     b = np.sort(b)
     grid = np.concatenate([a, b])
-    return float(np.abs(np.searchsorted(a, grid, "right") / len(a)
-                        - np.searchsorted(b, grid, "right") / len(b)).max())
+    return float(
+        np.abs(
+            np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)
+        ).max()
+    )
 
 
 def ks_limit(n: int, m: int | None = None) -> float:
@@ -238,7 +274,9 @@ def ks_limit(n: int, m: int | None = None) -> float:
     return 1.95 * np.sqrt(1 / n + (1 / m if m else 0)) + KS_SLACK
 
 
-def compare(case: Case, albu: dict[str, np.ndarray], kornia: dict[str, np.ndarray]) -> tuple[list[str], dict]:
+def compare(
+    case: Case, albu: dict[str, np.ndarray], kornia: dict[str, np.ndarray]
+) -> tuple[list[str], dict]:
     """Every check of one case: ``(failures, figures)``; no failures means parity."""
     failures, figures = [], {}
     for flag, p in case.fractions.items():
@@ -247,7 +285,9 @@ def compare(case: Case, albu: dict[str, np.ndarray], kornia: dict[str, np.ndarra
         figures[f"{flag} fraction"] = (round(fa, 3), round(fk, 3), p)
         for who, f in (("albu", fa), ("kornia", fk)):
             if abs(f - p) > 4 * se:
-                failures.append(f"{who} {flag} fraction {f:.3f}, policy says {p} (tolerance {4 * se:.3f})")
+                failures.append(
+                    f"{who} {flag} fraction {f:.3f}, policy says {p} (tolerance {4 * se:.3f})"
+                )
         if abs(fa - fk) > 4 * np.sqrt(2) * se:
             failures.append(f"{flag} fraction differs: albu {fa:.3f} vs kornia {fk:.3f}")
     for name, bounds in case.uniform.items():
@@ -261,7 +301,9 @@ def compare(case: Case, albu: dict[str, np.ndarray], kornia: dict[str, np.ndarra
             d, limit = ks_distance(values, bounds), ks_limit(len(values))
             figures[f"{name} KS {who}-uniform{bounds}"] = (round(d, 3), round(limit, 3))
             if d > limit:
-                failures.append(f"{who} {name}: KS distance to Uniform{bounds} {d:.3f} > {limit:.3f}")
+                failures.append(
+                    f"{who} {name}: KS distance to Uniform{bounds} {d:.3f} > {limit:.3f}"
+                )
     if "change" in albu:
         a, k = albu["change"][albu["applied"]], kornia["change"][kornia["applied"]]
         figures["brightness change mean"] = (round(a.mean(), 4), round(k.mean(), 4))
@@ -286,5 +328,7 @@ def test_backends_draw_the_same_distributions(name: str) -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_detects_a_different_policy(name: str) -> None:
     # Kornia built from a policy that differs in one value must fail parity with Albumentations.
-    failures, figures = compare(CASES[name], measured(name, "albu"), measured(name, "kornia", different=True))
+    failures, figures = compare(
+        CASES[name], measured(name, "albu"), measured(name, "kornia", different=True)
+    )
     assert failures, f"{name}: a different policy passed parity (figures: {figures})"

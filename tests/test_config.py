@@ -32,20 +32,37 @@ EXPERIMENTS = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.yaml"))
 
 def test_every_group_has_options() -> None:
     groups = {g for g, _ in group_options()}
-    expected = {"data", "aug", "aug/policy", "model", "encoder", "loss", "optimizer", "scheduler",
-                "trainer", "callbacks", "logger"}
+    expected = {
+        "data",
+        "aug",
+        "aug/policy",
+        "model",
+        "encoder",
+        "loss",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "callbacks",
+        "logger",
+    }
     assert expected <= groups
 
 
 @pytest.mark.parametrize(("group", "option"), group_options(), ids=lambda v: str(v))
-def test_option_composes_and_instantiates(make_cfg, group: str, option: str, tmp_path: Path) -> None:
+def test_option_composes_and_instantiates(
+    make_cfg, group: str, option: str, tmp_path: Path
+) -> None:
     # Layouts that read a user's folder get paths here; they are read at setup, not built here.
-    extra = {
-        "nails": [f"data.root={tmp_path}"],
-        "voc": [f"data.root={tmp_path}"],
-        "folder": [f"data.images={tmp_path}/images", f"data.masks={tmp_path}/masks"],
-        "csv": [f"data.file={tmp_path}/pairs.csv"],
-    }.get(option, []) if group == "data" else []
+    extra = (
+        {
+            "nails": [f"data.root={tmp_path}"],
+            "voc": [f"data.root={tmp_path}"],
+            "folder": [f"data.images={tmp_path}/images", f"data.masks={tmp_path}/masks"],
+            "csv": [f"data.file={tmp_path}/pairs.csv"],
+        }.get(option, [])
+        if group == "data"
+        else []
+    )
     if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
         # Lightning refuses a GPU trainer without a GPU; instantiate the rest of the preset on CPU.
         assert make_cfg("trainer=gpu").trainer.accelerator == "gpu"
@@ -77,15 +94,23 @@ def test_experiment_composes(make_cfg, name: str) -> None:
 
 
 def _train_py(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args],
-                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
 
 
 def test_help_lists_groups_and_options() -> None:
     out = _train_py("--help")
     assert out.returncode == 0, out.stderr
-    for line in ("aug: albu_cpu, kornia_gpu, none", "encoder: effnet_b4, mobilenet_v2, resnet18, resnet34",
-                 "loss: bce, bce_dice, dice, focal, lovasz_symmetric"):
+    for line in (
+        "aug: albu_cpu, kornia_gpu, none",
+        "encoder: effnet_b4, mobilenet_v2, resnet18, resnet34",
+        "loss: bce, bce_dice, dice, focal, lovasz_symmetric",
+    ):
         assert line in out.stdout
 
 

@@ -52,8 +52,10 @@ def test_mask_one_pixel_smaller(make_cfg, tmp_path: Path) -> None:
     write_mask(root / "masks" / "01.png", nail_mask(1)[:-1])
     message = setup_error(make_cfg, root)
     assert "size mismatches" in message
-    assert f"{root / 'images' / '01.png'} is 32x32, its mask {root / 'masks' / '01.png'} is 32x31" \
+    assert (
+        f"{root / 'images' / '01.png'} is 32x32, its mask {root / 'masks' / '01.png'} is 32x31"
         in message
+    )
 
 
 def test_orphan_mask(make_cfg, tmp_path: Path) -> None:
@@ -140,8 +142,12 @@ def test_grayscale_rgba_and_exif_are_warnings_not_errors(make_cfg, tmp_path: Pat
 
 def test_check_data_command_reports_and_fails(tmp_path: Path, capsys) -> None:
     root = make_folder(tmp_path / "set", count=6)
-    args = ["data=folder", f"data.images={root / 'images'}", f"data.masks={root / 'masks'}",
-            f"paths.data_dir={tmp_path / 'data'}"]
+    args = [
+        "data=folder",
+        f"data.images={root / 'images'}",
+        f"data.masks={root / 'masks'}",
+        f"paths.data_dir={tmp_path / 'data'}",
+    ]
     assert check_data(args) == 0
     out = capsys.readouterr().out
     assert "6 pair(s) found, 6 usable" in out and "mask rule: foreground = gray > 127" in out
@@ -155,9 +161,13 @@ def test_check_data_command_reports_and_fails(tmp_path: Path, capsys) -> None:
 
 @requires_shared_data
 def test_nails52_passes_the_check(tmp_path: Path, capsys) -> None:
-    args = ["data=folder", f"data.images={SHARED_DATA / 'images'}",
-            f"data.masks={SHARED_DATA / 'labels'}", f"paths.data_dir={tmp_path}",
-            "data.valid_fraction=0.19"]
+    args = [
+        "data=folder",
+        f"data.images={SHARED_DATA / 'images'}",
+        f"data.masks={SHARED_DATA / 'labels'}",
+        f"paths.data_dir={tmp_path}",
+        "data.valid_fraction=0.19",
+    ]
     assert check_data(args) == 0
     out = capsys.readouterr().out
     assert "52 pair(s) found, 52 usable" in out and "gray > 127 (8-bit masks)" in out

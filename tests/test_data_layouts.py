@@ -47,8 +47,13 @@ def write_mask(path: Path, mask: np.ndarray, kind: str = "gray") -> None:
         Image.fromarray(mask * 255).save(path)
 
 
-def make_folder(root: Path, count: int = 6, mask_kind: str = "gray", mask_ext: str = ".png",
-                image_ext: str = ".png") -> Path:
+def make_folder(
+    root: Path,
+    count: int = 6,
+    mask_kind: str = "gray",
+    mask_ext: str = ".png",
+    image_ext: str = ".png",
+) -> Path:
     """``root/images/NN{image_ext}`` with ``root/masks/NN{mask_ext}``."""
     for i in range(count):
         write_image(root / "images" / f"{i:02d}{image_ext}", i)
@@ -57,8 +62,9 @@ def make_folder(root: Path, count: int = 6, mask_kind: str = "gray", mask_ext: s
 
 
 def folder_cfg(make_cfg, root: Path, *extra: str):
-    return make_cfg("data=folder", f"data.images={root / 'images'}", f"data.masks={root / 'masks'}",
-                    *extra)
+    return make_cfg(
+        "data=folder", f"data.images={root / 'images'}", f"data.masks={root / 'masks'}", *extra
+    )
 
 
 def test_folder_layout_pairs_by_stem_with_free_extensions(make_cfg, tmp_path: Path) -> None:
@@ -89,8 +95,9 @@ def test_csv_split_column_wins_over_automatic_split(make_cfg, tmp_path: Path) ->
         for i in range(6)
     ]
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
-    datamodule = build_datamodule(make_cfg("data=csv", f"data.file={tmp_path / 'pairs.csv'}",
-                                           "data.valid_fraction=0.5"))
+    datamodule = build_datamodule(
+        make_cfg("data=csv", f"data.file={tmp_path / 'pairs.csv'}", "data.valid_fraction=0.5")
+    )
     datamodule.setup("fit")
     names = {k: sorted(p.image.stem for p in v) for k, v in datamodule.splits.items()}
     assert names == {"train": ["00", "03", "04"], "valid": ["01"], "test": ["02"]}
@@ -122,8 +129,9 @@ def test_voc_layout_with_palette_masks_and_image_sets(make_cfg, tmp_path: Path) 
     sets.mkdir(parents=True)
     (sets / "train.txt").write_text("0\n1\n2\n")
     (sets / "val.txt").write_text("3\n")
-    datamodule = build_datamodule(make_cfg("data=voc", f"data.root={tmp_path}",
-                                           "data.image_size=32"))
+    datamodule = build_datamodule(
+        make_cfg("data=voc", f"data.root={tmp_path}", "data.image_size=32")
+    )
     datamodule.setup("fit")
     assert [p.image.stem for p in datamodule.splits["valid"]] == ["3"]
     assert datamodule.mask_rule == "foreground = value > 0 (0/1 index masks)"
@@ -159,14 +167,17 @@ def test_ram_cache_is_filled_by_the_check_and_matches_decoding(make_cfg, tmp_pat
     plain.setup("fit")
     for name in ("train", "valid"):
         for i in range(len(plain.datasets[name])):
-            for a, b in zip(cached.datasets[name].load(i), plain.datasets[name].load(i), strict=True):
+            for a, b in zip(
+                cached.datasets[name].load(i), plain.datasets[name].load(i), strict=True
+            ):
                 assert np.array_equal(a, b)
 
 
 def test_ram_cache_with_persistent_workers(make_cfg, tmp_path: Path) -> None:
     root = make_folder(tmp_path, count=6)
-    datamodule = build_datamodule(folder_cfg(make_cfg, root, "data.cache=ram",
-                                             "data.num_workers=1", "data.batch_size=2"))
+    datamodule = build_datamodule(
+        folder_cfg(make_cfg, root, "data.cache=ram", "data.num_workers=1", "data.batch_size=2")
+    )
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     first = [b["mask"].sum().item() for b in loader]

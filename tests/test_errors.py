@@ -53,9 +53,17 @@ def test_missing_local_weights_file(make_cfg, tmp_path: Path) -> None:
 def test_cli_error_is_one_clear_line_and_failed_record(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), "encoder.name=resnet81",
-         f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path / 'data'}"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "encoder.name=resnet81",
+            f"hydra.run.dir={run_dir}",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert out.returncode == 1
     assert "error: Unknown encoder 'resnet81'" in out.stderr

@@ -19,15 +19,17 @@ TILE = 32
 def _tiles(grid: np.ndarray, rows: int, columns: int) -> list[list[np.ndarray]]:
     """Cut a grid back into its tiles (2-pixel gaps, a label strip on top)."""
     return [
-        [grid[LABEL_HEIGHT + 2 + r * (TILE + 2):][:TILE, c * (TILE + 2):][:, :TILE]
-         for c in range(columns)]
+        [
+            grid[LABEL_HEIGHT + 2 + r * (TILE + 2) :][:TILE, c * (TILE + 2) :][:, :TILE]
+            for c in range(columns)
+        ]
         for r in range(rows)
     ]
 
 
 def _sample(offset: int) -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros((TILE, TILE), np.uint8)
-    mask[4 + offset:14 + offset, 6:20] = 1
+    mask[4 + offset : 14 + offset, 6:20] = 1
     return np.full((TILE, TILE, 3), 90, np.uint8), mask
 
 
@@ -51,8 +53,13 @@ def test_grid_layout_and_tiles() -> None:
 
 def test_augmented_tiles_differ_and_follow_their_masks() -> None:
     images, masks = zip(*(_sample(k) for k in range(2)), strict=True)
-    policy = {"hflip_p": 0.0, "affine": {"p": 1.0, "degrees": 40, "translate": 0.1},
-              "noise": None, "blur": None, "colour": None}
+    policy = {
+        "hflip_p": 0.0,
+        "affine": {"p": 1.0, "degrees": 40, "translate": 0.1},
+        "noise": None,
+        "blur": None,
+        "colour": None,
+    }
     grid = preview_grid(KorniaAugment(policy), images, masks, [0, 1], seed=3, versions=3)
     for row in _tiles(grid, 2, 5):
         original, *augmented, _ = row
@@ -64,9 +71,23 @@ def test_augmented_tiles_differ_and_follow_their_masks() -> None:
 
 def test_command_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "grid.png"
-    code = main(["preview", "--samples", "2", "--versions", "2", "--out", str(out),
-                 "aug=kornia_gpu", "aug/policy=heavy", f"paths.data_dir={tmp_path / 'data'}",
-                 "data.source.count=12", "data.source.image_size=64", "data.image_size=64"])
+    code = main(
+        [
+            "preview",
+            "--samples",
+            "2",
+            "--versions",
+            "2",
+            "--out",
+            str(out),
+            "aug=kornia_gpu",
+            "aug/policy=heavy",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "data.source.count=12",
+            "data.source.image_size=64",
+            "data.image_size=64",
+        ]
+    )
     assert code == 0
     assert "aug=kornia_gpu" in capsys.readouterr().out
     grid = cv2.imread(str(out))

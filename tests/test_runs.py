@@ -70,7 +70,9 @@ def test_data_fingerprint_tracks_csvs_sizes_and_mask_rule(tmp_path: Path) -> Non
     base = data_fingerprint(tmp_path, splits)
     assert base == data_fingerprint(tmp_path, splits)
     assert base["n"] == {"train": 1, "valid": 0}
-    assert data_fingerprint(tmp_path, splits, mask_rule={"threshold": 127})["sha256"] != base["sha256"]
+    assert (
+        data_fingerprint(tmp_path, splits, mask_rule={"threshold": 127})["sha256"] != base["sha256"]
+    )
     (tmp_path / "a_mask.png").write_bytes(b"123456")
     resized = data_fingerprint(tmp_path, splits)
     assert resized["files_sha256"] != base["files_sha256"]
@@ -102,7 +104,9 @@ def test_rng_state_callback_restores_every_generator(tmp_path: Path) -> None:
 def test_merge_overrides_puts_extra_on_top() -> None:
     recorded = ["encoder=resnet18", "data.batch_size=4", "paths.output_dir=/old", "resume=/x"]
     assert merge_overrides(recorded, ["encoder=resnet34", "+model.foo=1"]) == [
-        "data.batch_size=4", "encoder=resnet34", "+model.foo=1",
+        "data.batch_size=4",
+        "encoder=resnet34",
+        "+model.foo=1",
     ]
 
 
@@ -132,7 +136,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     train(*common, f"hydra.run.dir={full}")
     proc = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "train.py"), *common, f"hydra.run.dir={killed}"],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while not (killed / "checkpoints" / "last.ckpt").exists() and proc.poll() is None:
@@ -149,15 +155,28 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_every_run_records_itself(runs: dict) -> None:
     full = runs["full"]
-    for name in ("config.resolved.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml",
-                 "conf/train.yaml", "train.log"):
+    for name in (
+        "config.resolved.yaml",
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "conf/train.yaml",
+        "train.log",
+    ):
         assert (full / name).is_file(), name
     record = read_run(full)
     assert record["status"] == "completed" and record["ended_at"] and record["duration_s"] > 0
     assert record["choices"]["encoder"] == "resnet18" and "trainer=debug" in record["overrides"]
     assert set(record["git"]) == {"commit", "dirty", "diff_sha256"}
-    for package in ("python", "torch", "pytorch-lightning", "kornia", "segmentation-models-pytorch",
-                    "albumentations", "hydra-core", "omegaconf"):
+    for package in (
+        "python",
+        "torch",
+        "pytorch-lightning",
+        "kornia",
+        "segmentation-models-pytorch",
+        "albumentations",
+        "hydra-core",
+        "omegaconf",
+    ):
         assert record["versions"][package], package
     assert {"cpu", "gpu", "cuda"} <= set(record["device"])
     assert record["seed"] == 42 and len(record["data"]["sha256"]) == 64
@@ -176,8 +195,10 @@ def test_checkpoints_load_with_weights_only(runs: dict) -> None:
 def test_resume_refuses_contradicting_overrides(runs: dict, tmp_path: Path) -> None:
     killed = runs["killed"]
     assert read_run(killed)["status"] == "running"  # really killed before the end
-    for override, recorded in (("trainer.max_epochs=5", "trainer.max_epochs=4"),
-                               ("encoder=resnet34", "encoder=resnet18")):
+    for override, recorded in (
+        ("trainer.max_epochs=5", "trainer.max_epochs=4"),
+        ("encoder=resnet34", "encoder=resnet18"),
+    ):
         with pytest.raises(SystemExit, match=f"contradict the recorded run.*{recorded}"):
             cli.main(["train", f"resume={killed}", override, f"hydra.run.dir={tmp_path}"])
     with pytest.raises(SystemExit, match="completed; there is nothing to resume"):
@@ -188,14 +209,20 @@ def test_resume_refuses_contradicting_overrides(runs: dict, tmp_path: Path) -> N
 def test_killed_run_resumes_to_the_uninterrupted_result(runs: dict) -> None:
     full, killed, root = runs["full"], runs["killed"], runs["root"]
     # Repeating the recorded overrides is allowed; they agree with the run.
-    train(f"resume={killed}", "trainer.max_epochs=4", "encoder=resnet18",
-          f"hydra.run.dir={root / 'resume-log'}")
+    train(
+        f"resume={killed}",
+        "trainer.max_epochs=4",
+        "encoder=resnet18",
+        f"hydra.run.dir={root / 'resume-log'}",
+    )
     record = read_run(killed)
     assert record["status"] == "completed" and len(record["resumes"]) == 1
     assert (root / "resume-log" / "resumed_run").resolve() == killed.resolve()
     assert record["metrics"] == read_run(full)["metrics"]  # bit-identical, not approximately
     # The metrics logged before the kill are kept, and nothing is logged twice.
-    assert (killed / "csv" / "metrics.csv").read_text() == (full / "csv" / "metrics.csv").read_text()
+    assert (killed / "csv" / "metrics.csv").read_text() == (
+        full / "csv" / "metrics.csv"
+    ).read_text()
 
 
 @pytest.mark.slow
@@ -213,7 +240,9 @@ def test_rerun_reproduces_the_run(runs: dict, capsys: pytest.CaptureFixture) -> 
 
 
 @pytest.mark.slow
-def test_diff_shows_only_what_differs(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_diff_shows_only_what_differs(
+    runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     full = runs["full"]
     # A second run differing in one choice: the record files edited as such a run would write them.
     other = tmp_path / "sweep" / "1"

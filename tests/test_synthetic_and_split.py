@@ -1,4 +1,4 @@
-"""The synthetic generator is deterministic and cached; the split is deterministic and stratified."""
+"""The synthetic generator is deterministic and cached; the split deterministic and stratified."""
 
 from __future__ import annotations
 
@@ -42,13 +42,16 @@ def test_generate_dataset_layout_cache_and_regeneration(tmp_path: Path) -> None:
     other = generate_dataset(tmp_path, count=8, image_size=32, seed=2)
     assert other != folder and other.is_dir()
     again = generate_dataset(tmp_path / "elsewhere", count=8, image_size=32, seed=1)
-    for a, b in zip(sorted(folder.rglob("*.png")), sorted(again.rglob("*.png"))):
+    for a, b in zip(sorted(folder.rglob("*.png")), sorted(again.rglob("*.png")), strict=True):
         assert a.read_bytes() == b.read_bytes()
 
 
 def _pairs(per_group: dict[str, int]) -> list[Pair]:
-    return [Pair(Path(f"{g}/{i}.png"), Path(f"m/{g}/{i}.png"), g)
-            for g, n in per_group.items() for i in range(n)]
+    return [
+        Pair(Path(f"{g}/{i}.png"), Path(f"m/{g}/{i}.png"), g)
+        for g, n in per_group.items()
+        for i in range(n)
+    ]
 
 
 def test_split_is_deterministic_and_stratified() -> None:
@@ -68,7 +71,9 @@ def test_split_csvs_are_written_and_reused(tmp_path: Path) -> None:
     # Edit the persisted split: a reused CSV wins over recomputing.
     moved = split["train"][0]
     lines = (folder / "train.csv").read_text().splitlines()
-    (folder / "train.csv").write_text("\n".join(line for line in lines if not line.startswith(str(moved.image))) + "\n")
+    (folder / "train.csv").write_text(
+        "\n".join(line for line in lines if not line.startswith(str(moved.image))) + "\n"
+    )
     reused, same_folder = load_or_create_split(pairs, tmp_path, valid_fraction=0.3, seed=0)
     assert same_folder == folder and moved not in reused["train"]
     assert len(reused["train"]) == len(split["train"]) - 1

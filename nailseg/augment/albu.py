@@ -29,7 +29,9 @@ class SubpixelAffine(A.Affine):
         if self.translate_percent is None:
             return super()._get_translate_params(image_shape)
         height, width = image_shape[:2]
-        fraction = {key: self.py_random.uniform(*value) for key, value in self.translate_percent.items()}
+        fraction = {
+            key: self.py_random.uniform(*value) for key, value in self.translate_percent.items()
+        }
         return {"x": fraction["x"] * width, "y": fraction["y"] * height}
 
 
@@ -74,8 +76,11 @@ def build_albumentations(policy: AugPolicy, train: bool) -> A.Compose:
         if policy.blur is not None:
             blur = policy.blur
             steps.append(
-                A.GaussianBlur(blur_limit=(blur.kernel_size, blur.kernel_size),
-                               sigma_limit=tuple(blur.sigma), p=blur.p)
+                A.GaussianBlur(
+                    blur_limit=(blur.kernel_size, blur.kernel_size),
+                    sigma_limit=tuple(blur.sigma),
+                    p=blur.p,
+                )
             )
         if policy.colour is not None and policy.colour.ops():
             steps.append(A.OneOf(_colour_ops(policy), p=policy.colour.p))
@@ -89,25 +94,34 @@ def _colour_ops(policy: AugPolicy) -> list[A.BasicTransform]:
     if colour.hsv is not None:
         # Albumentations' 8-bit HSV units: hue in [0, 180) (the full circle), saturation and
         # value in [0, 255]; it keeps saturation 0 (grey) pixels grey, as HSVShift does.
-        ops.append(A.HueSaturationValue(
-            hue_shift_limit=(-colour.hsv.hue * 180, colour.hsv.hue * 180),
-            sat_shift_limit=(-colour.hsv.saturation * 255, colour.hsv.saturation * 255),
-            val_shift_limit=(-colour.hsv.value * 255, colour.hsv.value * 255),
-            p=1.0,
-        ))
+        ops.append(
+            A.HueSaturationValue(
+                hue_shift_limit=(-colour.hsv.hue * 180, colour.hsv.hue * 180),
+                sat_shift_limit=(-colour.hsv.saturation * 255, colour.hsv.saturation * 255),
+                val_shift_limit=(-colour.hsv.value * 255, colour.hsv.value * 255),
+                p=1.0,
+            )
+        )
     if colour.clahe is not None:
         # On RGB input Albumentations equalises the L channel of LAB (see kornia_gpu.ClaheL).
-        ops.append(A.CLAHE(clip_limit=tuple(colour.clahe.clip_limit),
-                           tile_grid_size=(colour.clahe.grid_size, colour.clahe.grid_size), p=1.0))
+        ops.append(
+            A.CLAHE(
+                clip_limit=tuple(colour.clahe.clip_limit),
+                tile_grid_size=(colour.clahe.grid_size, colour.clahe.grid_size),
+                p=1.0,
+            )
+        )
     if colour.brightness_contrast is not None:
         bc = colour.brightness_contrast
         # Computes x * (1 + c) + b * 255 on 8-bit values: the policy's x * (1 + c) + b.
-        ops.append(A.RandomBrightnessContrast(
-            brightness_limit=(-bc.brightness, bc.brightness),
-            contrast_limit=(-bc.contrast, bc.contrast),
-            brightness_by_max=True,
-            p=1.0,
-        ))
+        ops.append(
+            A.RandomBrightnessContrast(
+                brightness_limit=(-bc.brightness, bc.brightness),
+                contrast_limit=(-bc.contrast, bc.contrast),
+                brightness_by_max=True,
+                p=1.0,
+            )
+        )
     return ops
 
 
@@ -136,7 +150,9 @@ class AlbumentationsAugment(AugmentBackend):
     def sample_transform(self, train: bool) -> SampleTransform:
         return _SeededAlbumentations(build_albumentations(self.policy, train))
 
-    def batch_transform(self, image: Tensor, mask: Tensor, seeds: Tensor, train: bool) -> tuple[Tensor, Tensor]:
+    def batch_transform(
+        self, image: Tensor, mask: Tensor, seeds: Tensor, train: bool
+    ) -> tuple[Tensor, Tensor]:
         if image.dtype != torch.float32:
             raise TypeError(f"albu_cpu expects float32 images from the workers, got {image.dtype}.")
         return image, mask.float()

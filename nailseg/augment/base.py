@@ -32,7 +32,9 @@ def to_uint8_tensors(image: np.ndarray, mask: np.ndarray, seed: int = 0) -> tupl
 
 def normalize(image: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """Normalise a float ``(B, 3, H, W)`` image in [0, 1] channel by channel."""
-    return (image - mean.to(image.device).view(1, -1, 1, 1)) / std.to(image.device).view(1, -1, 1, 1)
+    return (image - mean.to(image.device).view(1, -1, 1, 1)) / std.to(image.device).view(
+        1, -1, 1, 1
+    )
 
 
 class AugmentBackend:
@@ -56,7 +58,9 @@ class AugmentBackend:
         """The per-sample transform run in DataLoader workers."""
         return to_uint8_tensors
 
-    def batch_transform(self, image: Tensor, mask: Tensor, seeds: Tensor, train: bool) -> tuple[Tensor, Tensor]:
+    def batch_transform(
+        self, image: Tensor, mask: Tensor, seeds: Tensor, train: bool
+    ) -> tuple[Tensor, Tensor]:
         """The per-batch transform run on the device (``on_after_batch_transfer``)."""
         if image.dtype != torch.uint8 or image.ndim != 4 or image.shape[1] != 3:
             raise TypeError(
@@ -114,7 +118,10 @@ def augment_arrays(
         ((1, 3, 32, 32), (1, 1, 32, 32))
     """
     transform = backend.sample_transform(train)
-    pairs = [transform(image, mask, int(seed)) for image, mask, seed in zip(images, masks, seeds, strict=True)]
+    pairs = [
+        transform(image, mask, int(seed))
+        for image, mask, seed in zip(images, masks, seeds, strict=True)
+    ]
     image = torch.stack([p[0] for p in pairs]).to(device)
     mask = torch.stack([p[1] for p in pairs]).to(device)
     seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device)

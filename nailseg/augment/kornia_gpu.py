@@ -64,7 +64,7 @@ class HSVShift(nn.Module):
 
 
 class BrightnessContrast(nn.Module):
-    """``x * (1 + c) + b`` with ``c`` and ``b`` uniform, as Albumentations' ``brightness_by_max``."""
+    """``x * (1 + c) + b``, ``c`` and ``b`` uniform, as Albumentations' ``brightness_by_max``."""
 
     def __init__(self, brightness: float, contrast: float) -> None:
         super().__init__()
@@ -129,14 +129,16 @@ def build_kornia(policy: AugPolicy) -> tuple[K.AugmentationSequential | None, nn
         geometric.append(K.RandomVerticalFlip(p=policy.vflip_p))
     if policy.affine is not None:
         affine = policy.affine
-        geometric.append(K.RandomAffine(
-            degrees=affine.degrees,
-            translate=(affine.translate, affine.translate),
-            scale=tuple(affine.scale),
-            resample=affine.interpolation,
-            padding_mode="zeros",
-            p=affine.p,
-        ))
+        geometric.append(
+            K.RandomAffine(
+                degrees=affine.degrees,
+                translate=(affine.translate, affine.translate),
+                scale=tuple(affine.scale),
+                resample=affine.interpolation,
+                padding_mode="zeros",
+                p=affine.p,
+            )
+        )
     intensity: list[nn.Module] = []
     if policy.noise is not None:
         intensity.append(GaussianNoise(tuple(policy.noise.std), policy.noise.p))

@@ -33,11 +33,13 @@ A second size here would be a second source of truth for the same number.
 Remaining differences between the backends, none of them in a parameter's distribution:
 
 - Albumentations works on 8-bit values until normalisation: after each op values are rounded or
-  truncated to 1/255 (brightness/contrast truncates: -0.5/255 on average), hue shifts are truncated to OpenCV's 2-degree steps and saturation/value shifts to whole
+  truncated to 1/255 (brightness/contrast truncates: -0.5/255 on average), hue shifts are
+  truncated to OpenCV's 2-degree steps and saturation/value shifts to whole
   8-bit steps. Kornia works in float32 throughout.
 - Bilinear resampling: OpenCV interpolates with 1/32-pixel fixed-point weights, Kornia
   (``grid_sample``) in float, so edge pixels of a rotated image differ by a grey level or two.
-- Albumentations' ``Affine`` truncates shifts to whole pixels; :class:`nailseg.augment.albu.SubpixelAffine`
+- Albumentations' ``Affine`` truncates shifts to whole pixels;
+  :class:`nailseg.augment.albu.SubpixelAffine`
   (a one-method adapter) keeps them continuous, as the policy and Kornia define them.
 - Randomness: Albumentations draws per sample from the sample's seed; Kornia draws for the whole
   batch from the batch's seeds. Both are reproducible from the run's seed, but the same seed does
@@ -102,7 +104,7 @@ class BrightnessContrast:
 
 @dataclass(frozen=True)
 class Clahe:
-    """CLAHE on the L channel; ``clip_limit`` range in OpenCV's units, ``grid_size`` tiles a side."""
+    """CLAHE on the L channel; ``clip_limit`` in OpenCV's units, ``grid_size`` tiles a side."""
 
     clip_limit: tuple[float, float] = (1.0, 4.0)
     grid_size: int = 8
@@ -161,12 +163,22 @@ class AugPolicy:
         if self.affine is not None:
             a = self.affine
             _probability("affine.p", a.p)
-            _check(0 <= a.degrees <= 180, "affine.degrees", a.degrees, "a rotation limit in [0, 180]")
+            _check(
+                0 <= a.degrees <= 180, "affine.degrees", a.degrees, "a rotation limit in [0, 180]"
+            )
             _range("affine.scale", a.scale, 1e-3, 10.0, "e.g. [0.9, 1.1]")
-            _check(0 <= a.translate < 1, "affine.translate", a.translate,
-                   "a fraction of the side in [0, 1), e.g. 0.0625")
-            _check(a.interpolation in INTERPOLATIONS, "affine.interpolation", a.interpolation,
-                   f"one of {list(INTERPOLATIONS)}")
+            _check(
+                0 <= a.translate < 1,
+                "affine.translate",
+                a.translate,
+                "a fraction of the side in [0, 1), e.g. 0.0625",
+            )
+            _check(
+                a.interpolation in INTERPOLATIONS,
+                "affine.interpolation",
+                a.interpolation,
+                f"one of {list(INTERPOLATIONS)}",
+            )
         if self.noise is not None:
             _probability("noise.p", self.noise.p)
             _range("noise.std", self.noise.std, 0.0, 1.0, "[0, 1] image units, e.g. [0.02, 0.06]")
@@ -174,49 +186,83 @@ class AugPolicy:
             b = self.blur
             _probability("blur.p", b.p)
             _range("blur.sigma", b.sigma, 1e-3, 100.0, "a positive sigma range, e.g. [0.3, 1.2]")
-            _check(isinstance(b.kernel_size, int) and b.kernel_size >= 3 and b.kernel_size % 2 == 1,
-                   "blur.kernel_size", b.kernel_size, "an odd integer of at least 3")
+            _check(
+                isinstance(b.kernel_size, int) and b.kernel_size >= 3 and b.kernel_size % 2 == 1,
+                "blur.kernel_size",
+                b.kernel_size,
+                "an odd integer of at least 3",
+            )
         if self.colour is not None:
             self._validate_colour(self.colour)
         _check(len(self.mean) == 3, "mean", list(self.mean), "three values (RGB)")
-        _check(len(self.std) == 3 and min(self.std) > 0, "std", list(self.std),
-               "three positive values (RGB)")
+        _check(
+            len(self.std) == 3 and min(self.std) > 0,
+            "std",
+            list(self.std),
+            "three positive values (RGB)",
+        )
 
     @staticmethod
     def _validate_colour(colour: Colour) -> None:
         _probability("colour.p", colour.p)
         if colour.hsv is not None:
-            _check(0 <= colour.hsv.hue <= 0.5, "colour.hsv.hue", colour.hsv.hue,
-                   "a fraction of the hue circle in [0, 0.5]")
+            _check(
+                0 <= colour.hsv.hue <= 0.5,
+                "colour.hsv.hue",
+                colour.hsv.hue,
+                "a fraction of the hue circle in [0, 0.5]",
+            )
             for name in ("saturation", "value"):
                 value = getattr(colour.hsv, name)
                 _check(0 <= value <= 1, f"colour.hsv.{name}", value, "a shift limit in [0, 1]")
         if colour.brightness_contrast is not None:
             for name in ("brightness", "contrast"):
                 value = getattr(colour.brightness_contrast, name)
-                _check(0 <= value <= 1, f"colour.brightness_contrast.{name}", value, "a limit in [0, 1]")
+                _check(
+                    0 <= value <= 1,
+                    f"colour.brightness_contrast.{name}",
+                    value,
+                    "a limit in [0, 1]",
+                )
         if colour.clahe is not None:
-            _range("colour.clahe.clip_limit", colour.clahe.clip_limit, 0.0, 1000.0, "e.g. [1.0, 4.0]")
-            _check(isinstance(colour.clahe.grid_size, int) and colour.clahe.grid_size >= 1,
-                   "colour.clahe.grid_size", colour.clahe.grid_size, "a positive integer, e.g. 8")
+            _range(
+                "colour.clahe.clip_limit", colour.clahe.clip_limit, 0.0, 1000.0, "e.g. [1.0, 4.0]"
+            )
+            _check(
+                isinstance(colour.clahe.grid_size, int) and colour.clahe.grid_size >= 1,
+                "colour.clahe.grid_size",
+                colour.clahe.grid_size,
+                "a positive integer, e.g. 8",
+            )
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"aug.policy.{name}={value} is invalid: expected {expected}."
-                          f" Fix it in conf/aug/policy/ or override aug.policy.{name}=...")
+        raise ConfigError(
+            f"aug.policy.{name}={value} is invalid: expected {expected}."
+            f" Fix it in conf/aug/policy/ or override aug.policy.{name}=..."
+        )
 
 
 def _probability(name: str, value: Any) -> None:
-    _check(isinstance(value, (int, float)) and 0 <= value <= 1, name, value, "a probability in [0, 1]")
+    _check(
+        isinstance(value, (int, float)) and 0 <= value <= 1, name, value, "a probability in [0, 1]"
+    )
 
 
 def _range(name: str, value: Any, low: float, high: float, example: str) -> None:
-    ok = (isinstance(value, tuple) and len(value) == 2
-          and all(isinstance(v, (int, float)) for v in value)
-          and low <= value[0] <= value[1] <= high)
-    _check(ok, name, list(value) if isinstance(value, tuple) else value,
-           f"[low, high] with {low} <= low <= high <= {high}, {example}")
+    ok = (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) for v in value)
+        and low <= value[0] <= value[1] <= high
+    )
+    _check(
+        ok,
+        name,
+        list(value) if isinstance(value, tuple) else value,
+        f"[low, high] with {low} <= low <= high <= {high}, {example}",
+    )
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -230,8 +276,10 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if nested is not None and isinstance(value, Mapping):
             kwargs[name] = _build(nested, dict(value), f"{where}.{name}")
         elif nested is not None and value is not None:
-            raise ConfigError(f"{where}.{name}={value!r} must be a mapping of"
-                              f" {sorted(f.name for f in fields(nested))}, or null to switch it off.")
+            raise ConfigError(
+                f"{where}.{name}={value!r} must be a mapping of"
+                f" {sorted(f.name for f in fields(nested))}, or null to switch it off."
+            )
         elif isinstance(value, Sequence) and not isinstance(value, str):
             # Hydra hands over ListConfig: make ranges plain, hashable tuples.
             kwargs[name] = tuple(value)
@@ -242,6 +290,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 # The class of each nested part of the policy.
 _NESTED = {
-    "affine": Affine, "noise": Noise, "blur": Blur, "colour": Colour,
-    "hsv": HSV, "clahe": Clahe, "brightness_contrast": BrightnessContrast,
+    "affine": Affine,
+    "noise": Noise,
+    "blur": Blur,
+    "colour": Colour,
+    "hsv": HSV,
+    "clahe": Clahe,
+    "brightness_contrast": BrightnessContrast,
 }

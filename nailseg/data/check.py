@@ -45,6 +45,9 @@ def cli(argv: list[str]) -> int:
             print(f"error: {cause or err}", file=sys.stderr)
             return 1
     print(datamodule.report.format(full=True))
-    print("  split: " + ", ".join(f"{len(v)} {k}" for k, v in datamodule.splits.items() if v)
-          + f" ({datamodule.split_folder})")
+    print(
+        "  split: "
+        + ", ".join(f"{len(v)} {k}" for k, v in datamodule.splits.items() if v)
+        + f" ({datamodule.split_folder})"
+    )
     return 0

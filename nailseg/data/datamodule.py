@@ -120,12 +120,21 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.report is None:
             name = describe(self.source)
             self.report = check_pairs(
-                scan_source(self.source), name, self.mask_threshold, self.on_invalid,
-                self.image_size, self.cache,
+                scan_source(self.source),
+                name,
+                self.mask_threshold,
+                self.on_invalid,
+                self.image_size,
+                self.cache,
             )
             self.mask_rule = self.report.rule.description
-            log.info("Data check passed: %d pairs; mask rule: %s; cache: %s (%d entries)",
-                     len(self.report.pairs), self.mask_rule, self.cache.kind, len(self.cache))
+            log.info(
+                "Data check passed: %d pairs; mask rule: %s; cache: %s (%d entries)",
+                len(self.report.pairs),
+                self.mask_rule,
+                self.cache.kind,
+                len(self.cache),
+            )
             for kind, entries in self.report.warnings.items():
                 if entries:
                     log.warning("%d %s, e.g. %s", len(entries), kind, entries[0])
@@ -138,8 +147,11 @@ class SegmentationDataModule(pl.LightningDataModule):
             # Persist it too, so a run's record points at the exact lists it trained on.
             self.split_folder = self.split_dir / f"given-{split_key(given, 0, 0, 0)}"
             write_split(self.splits, self.split_folder)
-            log.info("Using the split given by the data: %d train / %d valid / %d test (%s)",
-                     *(len(self.splits[n]) for n in SPLITS), self.split_folder)
+            log.info(
+                "Using the split given by the data: %d train / %d valid / %d test (%s)",
+                *(len(self.splits[n]) for n in SPLITS),
+                self.split_folder,
+            )
         else:
             self.splits, self.split_folder = load_or_create_split(
                 pairs, self.split_dir, self.valid_fraction, self.test_fraction, self.seed

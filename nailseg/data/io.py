@@ -32,7 +32,9 @@ def open_file(path: Path | str) -> Image.Image:
         image = Image.open(path)
         image.load()
     except FileNotFoundError as err:
-        raise DataError(f"File not found: {path}. Check the data paths and the split CSVs.") from err
+        raise DataError(
+            f"File not found: {path}. Check the data paths and the split CSVs."
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"Cannot decode {path}: {err}. Replace or remove the file.") from err
     return image
@@ -66,7 +68,7 @@ def mask_values(image: Image.Image) -> np.ndarray:
 
 
 def read_image(path: Path | str) -> np.ndarray:
-    """Read an image as RGB ``uint8`` ``(H, W, 3)``, upright, converting grayscale, palette, RGBA."""
+    """Read an image as RGB ``uint8`` ``(H, W, 3)``, upright; grayscale, palette, RGBA converted."""
     return image_array(upright(open_file(path)))
 
 

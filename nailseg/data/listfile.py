@@ -21,9 +21,13 @@ from nailseg.data.pairs import Pair, Scan
 from nailseg.errors import DataError
 
 SPLIT_NAMES = {
-    "train": "train", "training": "train",
-    "valid": "valid", "val": "valid", "validation": "valid",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "test": "test",
+    "testing": "test",
 }
 
 
@@ -62,8 +66,12 @@ class ListFileSource:
         if file is None:
             raise DataError("data=csv needs the list file: data.file=/path/to/pairs.csv.")
         self.file = Path(file).expanduser()
-        self.columns = {"image": image_column, "mask": mask_column,
-                        "split": split_column, "group": group_column}
+        self.columns = {
+            "image": image_column,
+            "mask": mask_column,
+            "split": split_column,
+            "group": group_column,
+        }
 
     def _rows(self) -> list[dict[str, str]]:
         if not self.file.is_file():
@@ -74,12 +82,15 @@ class ListFileSource:
             missing = [self.columns[c] for c in ("image", "mask") if self.columns[c] not in frame]
             if missing:
                 raise DataError(
-                    f"{self.file} has no column(s) {missing}; its columns are {list(frame.columns)}."
+                    f"{self.file} has no column(s) {missing}; its columns are"
+                    f" {list(frame.columns)}."
                     " Name them image and mask, or set data.source.image_column /"
                     " data.source.mask_column."
                 )
-            return [{key: str(row.get(column, "")) for key, column in self.columns.items()}
-                    for row in frame.to_dict("records")]
+            return [
+                {key: str(row.get(column, "")) for key, column in self.columns.items()}
+                for row in frame.to_dict("records")
+            ]
         rows = []
         for number, line in enumerate(self.file.read_text().splitlines(), start=1):
             fields = line.split()
@@ -91,8 +102,14 @@ class ListFileSource:
                     " 'image mask' or 'image mask split' (paths without spaces; use a CSV"
                     " for paths with spaces)."
                 )
-            rows.append({"image": fields[0], "mask": fields[1],
-                         "split": fields[2] if len(fields) == 3 else "", "group": ""})
+            rows.append(
+                {
+                    "image": fields[0],
+                    "mask": fields[1],
+                    "split": fields[2] if len(fields) == 3 else "",
+                    "group": "",
+                }
+            )
         return rows
 
     def scan(self) -> Scan:

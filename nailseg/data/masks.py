@@ -67,21 +67,29 @@ class MaskRule:
         """Why this mask's values do not fit the rule, or ``None`` when they do."""
         kind = stats.kind
         if kind == "labels":
-            return (f"values {list(stats.unique_small)}: more than two classes (expected 0/1 or"
-                    " 0/255 for binary masks)")
+            return (
+                f"values {list(stats.unique_small)}: more than two classes (expected 0/1 or"
+                " 0/255 for binary masks)"
+            )
         if kind == "8-bit" and stats.mid_fraction > MAX_MID_FRACTION:
-            return (f"{stats.mid_fraction:.0%} of pixels are between {MID_BAND[0]} and"
-                    f" {MID_BAND[1]} (a soft mask or not a mask?)")
+            return (
+                f"{stats.mid_fraction:.0%} of pixels are between {MID_BAND[0]} and"
+                f" {MID_BAND[1]} (a soft mask or not a mask?)"
+            )
         if kind == "index" and self.threshold >= 1:
-            return (f"a 0/1 mask in a set of 8-bit masks: foreground = value > {self.threshold:g}"
-                    " makes it all background")
+            return (
+                f"a 0/1 mask in a set of 8-bit masks: foreground = value > {self.threshold:g}"
+                " makes it all background"
+            )
         return None
 
 
 def choose_rule(stats: list[MaskStats], threshold: float | None = None) -> MaskRule:
     """The one rule for a data set whose masks have ``stats`` (see the module docstring)."""
     if threshold is not None:
-        return MaskRule(float(threshold), f"foreground = value > {threshold:g} (data.mask_threshold)")
+        return MaskRule(
+            float(threshold), f"foreground = value > {threshold:g} (data.mask_threshold)"
+        )
     kinds = {s.kind for s in stats}
     if kinds <= {"empty", "index"}:
         return MaskRule(0.0, "foreground = value > 0 (0/1 index masks)")

@@ -104,14 +104,19 @@ def match_pairs(images_dir: Path, masks_dir: Path, grouped: bool) -> list[Pair]:
     scan = scan_folders(images_dir, masks_dir, grouped)
     problems = []
     if scan.images_without_masks:
-        problems.append(f"{len(scan.images_without_masks)} image(s) without a mask in {masks_dir}: "
-                        f"{_examples(p.relative_to(images_dir) for p in scan.images_without_masks)}")
+        problems.append(
+            f"{len(scan.images_without_masks)} image(s) without a mask in {masks_dir}: "
+            f"{_examples(p.relative_to(images_dir) for p in scan.images_without_masks)}"
+        )
     if scan.masks_without_images:
-        problems.append(f"{len(scan.masks_without_images)} mask(s) without an image in {images_dir}: "
-                        f"{_examples(p.relative_to(masks_dir) for p in scan.masks_without_images)}")
+        problems.append(
+            f"{len(scan.masks_without_images)} mask(s) without an image in {images_dir}: "
+            f"{_examples(p.relative_to(masks_dir) for p in scan.masks_without_images)}"
+        )
     if problems:
         raise DataError(
-            "Images and masks do not match. " + "; ".join(problems)
+            "Images and masks do not match. "
+            + "; ".join(problems)
             + ". Add the missing files or remove the extra ones; pairs match by relative path"
             " and file name without extension."
         )
@@ -127,20 +132,34 @@ class GroupedFolderSource:
         masks: name of the mask folder under ``root``.
     """
 
-    def __init__(self, root: str | Path | None, images: str = "Images", masks: str = "Masks") -> None:
+    def __init__(
+        self, root: str | Path | None, images: str = "Images", masks: str = "Masks"
+    ) -> None:
         if root is None:
-            raise DataError("No data root given. Set data.root=/path/to/folder (it must hold "
-                            f"{images}/ and {masks}/).")
+            raise DataError(
+                "No data root given. Set data.root=/path/to/folder (it must hold "
+                f"{images}/ and {masks}/)."
+            )
         self.root = Path(root).expanduser()
         self.images_dir, self.masks_dir = self.root / images, self.root / masks
 
     def _check_dirs(self) -> None:
-        _require_dir(self.root, "Data root", "Set data.root=/path/to/folder (it must hold "
-                     f"{self.images_dir.name}/ and {self.masks_dir.name}/).")
-        _require_dir(self.images_dir, "Image folder", f"Expected {self.images_dir.name}/<group>/*.png "
-                     f"under {self.root}.")
-        _require_dir(self.masks_dir, "Mask folder", f"Expected {self.masks_dir.name}/<group>/*.png "
-                     f"under {self.root}.")
+        _require_dir(
+            self.root,
+            "Data root",
+            "Set data.root=/path/to/folder (it must hold "
+            f"{self.images_dir.name}/ and {self.masks_dir.name}/).",
+        )
+        _require_dir(
+            self.images_dir,
+            "Image folder",
+            f"Expected {self.images_dir.name}/<group>/*.png under {self.root}.",
+        )
+        _require_dir(
+            self.masks_dir,
+            "Mask folder",
+            f"Expected {self.masks_dir.name}/<group>/*.png under {self.root}.",
+        )
 
     def scan(self) -> Scan:
         self._check_dirs()
@@ -166,8 +185,10 @@ class FolderSource:
 
     def __init__(self, images: str | Path | None, masks: str | Path | None) -> None:
         if images is None or masks is None:
-            raise DataError("data=folder needs both folders: data.images=/path/to/images "
-                            "data.masks=/path/to/masks.")
+            raise DataError(
+                "data=folder needs both folders: data.images=/path/to/images "
+                "data.masks=/path/to/masks."
+            )
         self.images_dir, self.masks_dir = Path(images).expanduser(), Path(masks).expanduser()
 
     def scan(self) -> Scan:

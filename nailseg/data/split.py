@@ -33,9 +33,14 @@ def stratified_split(
 
     A group with at least two pairs always gives one pair to valid when ``valid_fraction > 0``.
     """
-    if not 0 <= valid_fraction < 1 or not 0 <= test_fraction < 1 or valid_fraction + test_fraction >= 1:
+    if (
+        not 0 <= valid_fraction < 1
+        or not 0 <= test_fraction < 1
+        or valid_fraction + test_fraction >= 1
+    ):
         raise ConfigError(
-            f"Split fractions valid={valid_fraction}, test={test_fraction} are invalid: each must be"
+            f"Split fractions valid={valid_fraction}, test={test_fraction} are invalid: each must"
+            " be"
             " in [0, 1) and their sum below 1. Fix data.valid_fraction / data.test_fraction."
         )
     by_group: dict[str, list[Pair]] = defaultdict(list)
@@ -92,11 +97,15 @@ def read_split(folder: Path) -> dict[str, list[Pair]]:
         missing = set(CSV_COLUMNS[:2]) - set(frame.columns)
         if missing:
             raise DataError(
-                f"Split file {path} lacks column(s) {sorted(missing)}; it needs {list(CSV_COLUMNS)}."
+                f"Split file {path} lacks column(s) {sorted(missing)}; it needs"
+                f" {list(CSV_COLUMNS)}."
                 " Delete it to have the split made again."
             )
         groups = frame["group"] if "group" in frame.columns else [""] * len(frame)
-        splits[name] = [Pair(Path(i), Path(m), g) for i, m, g in zip(frame["image"], frame["mask"], groups)]
+        splits[name] = [
+            Pair(Path(i), Path(m), g)
+            for i, m, g in zip(frame["image"], frame["mask"], groups, strict=True)
+        ]
     return splits
 
 
@@ -107,7 +116,7 @@ def load_or_create_split(
     test_fraction: float = 0.0,
     seed: int = 0,
 ) -> tuple[dict[str, list[Pair]], Path]:
-    """Return the split and the folder of its CSVs, reusing ``train.csv``/``valid.csv`` if present."""
+    """The split and the folder of its CSVs, reusing ``train.csv``/``valid.csv`` if present."""
     folder = Path(split_root) / split_key(pairs, valid_fraction, test_fraction, seed)
     if (folder / "train.csv").is_file() and (folder / "valid.csv").is_file():
         log.info("Reusing split %s", folder)
@@ -116,6 +125,9 @@ def load_or_create_split(
     write_split(splits, folder)
     log.info(
         "Wrote split %s: %d train / %d valid / %d test",
-        folder, len(splits["train"]), len(splits["valid"]), len(splits["test"]),
+        folder,
+        len(splits["train"]),
+        len(splits["valid"]),
+        len(splits["test"]),
     )
     return splits, folder

@@ -98,7 +98,10 @@ def generate_dataset(root: Path | str, count: int, image_size: int, seed: int) -
         group = GROUPS[index % len(GROUPS)]
         image, mask = draw_sample(params.seed, index, params.image_size, group)
         name = f"{index:05d}.png"
-        for sub, array in (("Images", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)), ("Masks", mask * 255)):
+        for sub, array in (
+            ("Images", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)),
+            ("Masks", mask * 255),
+        ):
             folder = staging / sub / group
             folder.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(folder / name), array)
@@ -120,8 +123,13 @@ def draw_sample(seed: int, index: int, size: int, group: str) -> tuple[np.ndarra
     skin = _jitter(SKIN_TONES[rng.integers(len(SKIN_TONES))], rng, 12)
     if group == "1":
         width = size * rng.uniform(0.28, 0.45)
-        canvas.finger(_random_point(rng, size, 0.35, 0.65), rng.uniform(0, 2 * np.pi),
-                      width * rng.uniform(2.2, 3.5), width, skin)
+        canvas.finger(
+            _random_point(rng, size, 0.35, 0.65),
+            rng.uniform(0, 2 * np.pi),
+            width * rng.uniform(2.2, 3.5),
+            width,
+            skin,
+        )
     elif group == "2":
         angle = rng.uniform(0, 2 * np.pi)
         width = size * rng.uniform(0.12, 0.2)
@@ -131,19 +139,34 @@ def draw_sample(seed: int, index: int, size: int, group: str) -> tuple[np.ndarra
         for k in range(count):
             offset = (k - (count - 1) / 2) * width * rng.uniform(1.05, 1.3)
             tip = centre + normal * offset + _direction(angle) * size * rng.uniform(-0.08, 0.08)
-            canvas.finger(tip, angle + rng.normal(0, 0.12), size * rng.uniform(0.5, 0.8), width, skin)
+            canvas.finger(
+                tip, angle + rng.normal(0, 0.12), size * rng.uniform(0.5, 0.8), width, skin
+            )
     elif group == "3":
-        canvas.hand(_random_point(rng, size, 0.45, 0.55), rng.uniform(0, 2 * np.pi),
-                    size * rng.uniform(0.28, 0.4), skin)
+        canvas.hand(
+            _random_point(rng, size, 0.45, 0.55),
+            rng.uniform(0, 2 * np.pi),
+            size * rng.uniform(0.28, 0.4),
+            skin,
+        )
     else:
         if rng.random() < 0.5:
-            canvas.hand(_random_point(rng, size, 0.3, 0.7), rng.uniform(0, 2 * np.pi),
-                        size * rng.uniform(0.12, 0.18), skin)
+            canvas.hand(
+                _random_point(rng, size, 0.3, 0.7),
+                rng.uniform(0, 2 * np.pi),
+                size * rng.uniform(0.12, 0.18),
+                skin,
+            )
         else:
             for _ in range(int(rng.integers(3, 7))):
                 width = size * rng.uniform(0.04, 0.07)
-                canvas.finger(_random_point(rng, size, 0.1, 0.9), rng.uniform(0, 2 * np.pi),
-                              width * rng.uniform(3, 6), width, skin)
+                canvas.finger(
+                    _random_point(rng, size, 0.1, 0.9),
+                    rng.uniform(0, 2 * np.pi),
+                    width * rng.uniform(3, 6),
+                    width,
+                    skin,
+                )
     return canvas.finish()
 
 
@@ -178,12 +201,17 @@ class _Canvas:
         other = np.clip(base + rng.normal(0, 45, 3), 0, 255)
         ramp = np.linspace(0, 1, size, dtype=np.float32)
         angle = rng.uniform(0, 2 * np.pi)
-        mix = np.clip(0.5 + (np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]) / 2, 0, 1)
+        mix = np.clip(
+            0.5 + (np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]) / 2, 0, 1
+        )
         image = base * (1 - mix[..., None]) + other * mix[..., None]
         # Low-frequency texture: cloth, wood, a table top.
         cells = int(rng.integers(3, 12))
-        texture = cv2.resize(rng.normal(0, rng.uniform(4, 22), (cells, cells, 3)).astype(np.float32),
-                             (size, size), interpolation=cv2.INTER_CUBIC)
+        texture = cv2.resize(
+            rng.normal(0, rng.uniform(4, 22), (cells, cells, 3)).astype(np.float32),
+            (size, size),
+            interpolation=cv2.INTER_CUBIC,
+        )
         image = image + texture
         for _ in range(int(rng.integers(0, 3))):  # objects in the scene
             colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
@@ -191,8 +219,9 @@ class _Canvas:
             cv2.rectangle(image, _pt(p0), _pt(p1), colour, -1, cv2.LINE_AA, shift=4)
         return np.clip(image, 0, 255).astype(np.float32)
 
-    def finger(self, tip: np.ndarray, angle: float, length: float, width: float,
-               skin: np.ndarray) -> None:
+    def finger(
+        self, tip: np.ndarray, angle: float, length: float, width: float, skin: np.ndarray
+    ) -> None:
         """A finger whose tip is at ``tip``, pointing along ``angle``, with its nail."""
         rng = self.rng
         direction, normal = _direction(angle), _direction(angle + np.pi / 2)
@@ -204,23 +233,52 @@ class _Canvas:
         cv2.circle(body, _pt(tip - direction * width / 2), int(width / 2 * 16), 1, -1, shift=4)
         self.mask[body > 0] = 0
         shade = (skin * rng.uniform(0.75, 0.9)).tolist()
-        cv2.line(self.image, _pt(base), _pt(tip - direction * width / 2), shade, max(1, int(width)),
-                 cv2.LINE_AA, shift=4)
-        cv2.circle(self.image, _pt(tip - direction * width / 2), int(width / 2 * 16), shade, -1,
-                   cv2.LINE_AA, shift=4)
+        cv2.line(
+            self.image,
+            _pt(base),
+            _pt(tip - direction * width / 2),
+            shade,
+            max(1, int(width)),
+            cv2.LINE_AA,
+            shift=4,
+        )
+        cv2.circle(
+            self.image,
+            _pt(tip - direction * width / 2),
+            int(width / 2 * 16),
+            shade,
+            -1,
+            cv2.LINE_AA,
+            shift=4,
+        )
         # A lighter core gives the finger some volume.
-        cv2.line(self.image, _pt(base), _pt(tip - direction * width * 0.55), skin.tolist(),
-                 max(1, int(width * 0.6)), cv2.LINE_AA, shift=4)
+        cv2.line(
+            self.image,
+            _pt(base),
+            _pt(tip - direction * width * 0.55),
+            skin.tolist(),
+            max(1, int(width * 0.6)),
+            cv2.LINE_AA,
+            shift=4,
+        )
         knuckle = (skin * 0.7).tolist()
         for fraction in (0.45, 0.75):
             centre = tip - direction * length * fraction
             half = normal * width * 0.3
-            cv2.line(self.image, _pt(centre - half), _pt(centre + half), knuckle,
-                     max(1, int(width * 0.04)), cv2.LINE_AA, shift=4)
+            cv2.line(
+                self.image,
+                _pt(centre - half),
+                _pt(centre + half),
+                knuckle,
+                max(1, int(width * 0.04)),
+                cv2.LINE_AA,
+                shift=4,
+            )
         self._nail(tip, direction, width, skin)
 
-    def _nail(self, tip: np.ndarray, direction: np.ndarray, finger_width: float,
-              skin: np.ndarray) -> None:
+    def _nail(
+        self, tip: np.ndarray, direction: np.ndarray, finger_width: float, skin: np.ndarray
+    ) -> None:
         rng = self.rng
         nail_width = finger_width * rng.uniform(0.55, 0.8)
         nail_length = finger_width * rng.uniform(0.7, 1.25)
@@ -234,21 +292,67 @@ class _Canvas:
             colour = np.clip(skin * (1 - blend) + np.array([250, 195, 200]) * blend, 0, 255)
         nail_mask = np.zeros_like(self.mask)
         # The nail fold: a thin shadow around the plate.
-        fold = (axes[0] + 16 * max(1, int(finger_width * 0.05)), axes[1] + 16 * max(1, int(finger_width * 0.05)))
-        cv2.ellipse(self.image, _pt(centre), fold, angle_deg, 0, 360, (skin * 0.6).tolist(), -1,
-                    cv2.LINE_AA, shift=4)
+        fold = (
+            axes[0] + 16 * max(1, int(finger_width * 0.05)),
+            axes[1] + 16 * max(1, int(finger_width * 0.05)),
+        )
+        cv2.ellipse(
+            self.image,
+            _pt(centre),
+            fold,
+            angle_deg,
+            0,
+            360,
+            (skin * 0.6).tolist(),
+            -1,
+            cv2.LINE_AA,
+            shift=4,
+        )
         # Squarer or more oval nails: an ellipse, optionally cut flat at the cuticle.
         cv2.ellipse(nail_mask, (_pt(centre)), axes, angle_deg, 0, 360, 1, -1, shift=4)
-        cv2.ellipse(self.image, (_pt(centre)), axes, angle_deg, 0, 360, colour.tolist(), -1,
-                    cv2.LINE_AA, shift=4)
+        cv2.ellipse(
+            self.image,
+            (_pt(centre)),
+            axes,
+            angle_deg,
+            0,
+            360,
+            colour.tolist(),
+            -1,
+            cv2.LINE_AA,
+            shift=4,
+        )
         if colour.mean() < 200 and rng.random() < 0.6:  # free edge or French tip, part of the nail
             edge = centre + direction * nail_length * 0.38
             edge_axes = (int(nail_length * 0.14 * 16), int(nail_width * 0.42 * 16))
-            cv2.ellipse(self.image, _pt(edge), edge_axes, angle_deg, -90, 90,
-                        _jitter(np.array([245, 240, 235]), rng, 8).tolist(), -1, cv2.LINE_AA, shift=4)
-        highlight = centre + _direction(np.arctan2(direction[1], direction[0]) + np.pi / 2) * nail_width * 0.15
-        cv2.ellipse(self.image, _pt(highlight), (axes[0] // 3, max(16, axes[1] // 6)), angle_deg, 0, 360,
-                    np.clip(colour + 60, 0, 255).tolist(), -1, cv2.LINE_AA, shift=4)
+            cv2.ellipse(
+                self.image,
+                _pt(edge),
+                edge_axes,
+                angle_deg,
+                -90,
+                90,
+                _jitter(np.array([245, 240, 235]), rng, 8).tolist(),
+                -1,
+                cv2.LINE_AA,
+                shift=4,
+            )
+        highlight = (
+            centre
+            + _direction(np.arctan2(direction[1], direction[0]) + np.pi / 2) * nail_width * 0.15
+        )
+        cv2.ellipse(
+            self.image,
+            _pt(highlight),
+            (axes[0] // 3, max(16, axes[1] // 6)),
+            angle_deg,
+            0,
+            360,
+            np.clip(colour + 60, 0, 255).tolist(),
+            -1,
+            cv2.LINE_AA,
+            shift=4,
+        )
         self.mask[nail_mask > 0] = 1
 
     def hand(self, centre: np.ndarray, angle: float, palm: float, skin: np.ndarray) -> None:
@@ -257,11 +361,28 @@ class _Canvas:
         direction, normal = _direction(angle), _direction(angle + np.pi / 2)
         axes = (int(palm * 0.55 * 16), int(palm * 0.5 * 16))
         shade = (skin * 0.85).tolist()
-        cv2.ellipse(self.image, _pt(centre - direction * palm * 0.3), axes,
-                    float(np.degrees(angle)), 0, 360, shade, -1, cv2.LINE_AA, shift=4)
+        cv2.ellipse(
+            self.image,
+            _pt(centre - direction * palm * 0.3),
+            axes,
+            float(np.degrees(angle)),
+            0,
+            360,
+            shade,
+            -1,
+            cv2.LINE_AA,
+            shift=4,
+        )
         wrist = centre - direction * palm * 1.4
-        cv2.line(self.image, _pt(centre - direction * palm * 0.3), _pt(wrist), shade, int(palm * 0.75),
-                 cv2.LINE_AA, shift=4)
+        cv2.line(
+            self.image,
+            _pt(centre - direction * palm * 0.3),
+            _pt(wrist),
+            shade,
+            int(palm * 0.75),
+            cv2.LINE_AA,
+            shift=4,
+        )
         side = 1 if rng.random() < 0.5 else -1
         width = palm * rng.uniform(0.2, 0.26)
         for k, fraction in enumerate((-0.36, -0.12, 0.12, 0.36)):
@@ -269,11 +390,15 @@ class _Canvas:
             root = centre + direction * palm * 0.15 + normal * fraction * palm * 1.1
             length = palm * (0.95 if k in (1, 2) else 0.8) * rng.uniform(0.85, 1.1)
             curl = rng.uniform(0.6, 1.0) if rng.random() < 0.2 else 1.0
-            self.finger(root + _direction(spread) * length * curl, spread, length * curl, width, skin)
+            self.finger(
+                root + _direction(spread) * length * curl, spread, length * curl, width, skin
+            )
         thumb_angle = angle + side * rng.uniform(0.7, 1.3)
         root = centre - direction * palm * 0.35 + normal * side * palm * 0.45
         length = palm * rng.uniform(0.6, 0.8)
-        self.finger(root + _direction(thumb_angle) * length, thumb_angle, length, width * 1.15, skin)
+        self.finger(
+            root + _direction(thumb_angle) * length, thumb_angle, length, width * 1.15, skin
+        )
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """Apply lighting, blur and noise to the image (never the mask) and quantise."""
@@ -281,8 +406,9 @@ class _Canvas:
         image = self.image
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
         light_angle = rng.uniform(0, 2 * np.pi)
-        gain = 1 + rng.uniform(0.1, 0.45) * ((xx - 0.5) * np.cos(light_angle)
-                                             + (yy - 0.5) * np.sin(light_angle))
+        gain = 1 + rng.uniform(0.1, 0.45) * (
+            (xx - 0.5) * np.cos(light_angle) + (yy - 0.5) * np.sin(light_angle)
+        )
         image = image * gain[..., None] * rng.uniform(0.7, 1.2)
         image = image * _jitter(np.ones(3) * 255, rng, 12) / 255  # colour temperature
         if rng.random() < 0.5:

@@ -78,16 +78,19 @@ class DataReport:
     def format(self, full: bool = True) -> str:
         """A human-readable report; ``full=False`` shows the first few files per item."""
         limit = None if full else SHOWN
-        lines = [f"Data check of {self.source}: {self.n_found} pair(s) found,"
-                 f" {len(self.pairs)} usable"]
+        lines = [
+            f"Data check of {self.source}: {self.n_found} pair(s) found, {len(self.pairs)} usable"
+        ]
         if self.rule is not None:
             lines.append(f"  mask rule: {self.rule.description}")
         if self.sizes:
             areas = [h * w for h, w in self.sizes]
             small, large = self.sizes[int(np.argmin(areas))], self.sizes[int(np.argmax(areas))]
             lines.append(f"  image sizes (w x h): {small[1]}x{small[0]} to {large[1]}x{large[0]}")
-        for title, items, notes in (("problems", self.problems, PROBLEMS),
-                                    ("warnings", self.warnings, WARNINGS)):
+        for title, items, notes in (
+            ("problems", self.problems, PROBLEMS),
+            ("warnings", self.warnings, WARNINGS),
+        ):
             found = {k: v for k, v in items.items() if v}
             lines.append(f"  {title}: {'none' if not found else ''}".rstrip())
             for kind, entries in found.items():
@@ -118,13 +121,15 @@ def _decode(pair: Pair, image_size: Sequence[int] | None) -> _Decoded:
     tags = orientation(raw_image), orientation(raw_mask)
     if tags[0] != tags[1]:
         result.warnings["EXIF orientation differs"] = (
-            f"{pair.image} has EXIF orientation {tags[0]}, its mask {pair.mask} has {tags[1]}")
+            f"{pair.image} has EXIF orientation {tags[0]}, its mask {pair.mask} has {tags[1]}"
+        )
     image, values = image_array(upright(raw_image)), mask_values(upright(raw_mask))
     if image.shape[:2] != values.shape[:2]:
         note = " (EXIF orientations differ)" if tags[0] != tags[1] else ""
         result.problems["size mismatches"] = (
             f"{pair.image} is {image.shape[1]}x{image.shape[0]}, its mask {pair.mask} is"
-            f" {values.shape[1]}x{values.shape[0]}{note}")
+            f" {values.shape[1]}x{values.shape[0]}{note}"
+        )
         return result
     result.stats, result.size = MaskStats.of(values), image.shape[:2]
     if image_size is not None:
@@ -163,7 +168,9 @@ def check_pairs(
             mask is empty.
     """
     if on_invalid not in ON_INVALID:
-        raise ConfigError(f"Unknown data.on_invalid={on_invalid!r}. Options: {', '.join(ON_INVALID)}.")
+        raise ConfigError(
+            f"Unknown data.on_invalid={on_invalid!r}. Options: {', '.join(ON_INVALID)}."
+        )
     keep_arrays = cache is not None and cache.kind != "none" and image_size is not None
     workers = workers or min(4, os.cpu_count() or 1)
     decode: Callable[[Pair], _Decoded] = lambda p: _decode(p, image_size if keep_arrays else None)  # noqa: E731
@@ -181,8 +188,9 @@ def check_pairs(
             why = rule.unexpected(item.stats)
             if why:
                 item.problems["unexpected mask values"] = f"{item.pair.mask}: {why}"
-            elif item.stats.kind == "empty" or (item.stats.kind == "8-bit"
-                                                 and item.stats.max_value <= rule.threshold):
+            elif item.stats.kind == "empty" or (
+                item.stats.kind == "8-bit" and item.stats.max_value <= rule.threshold
+            ):
                 item.warnings["all-background masks"] = str(item.pair.mask)
         for kind, text in item.problems.items():
             problems[kind].append(text)
@@ -190,16 +198,25 @@ def check_pairs(
             warnings[kind].append(text)
 
     good = [d for d in decoded if not d.problems]
-    report = DataReport(source, [d.pair for d in good], rule, problems, warnings,
-                        sizes=[d.size for d in good if d.size], n_found=len(scan.pairs))
+    report = DataReport(
+        source,
+        [d.pair for d in good],
+        rule,
+        problems,
+        warnings,
+        sizes=[d.size for d in good if d.size],
+        n_found=len(scan.pairs),
+    )
     report.dropped = [f"{p.image}: not used ({why})" for p, why in scan.unused]
     if not report.ok:
         if on_invalid == "error":
             raise DataError(_failure(report))
         report.dropped += [f"{d.pair.image}: {kind}" for d in decoded for kind in d.problems]
-        report.dropped += [f"{p}: {kind}" for kind in ("images without masks",
-                                                       "masks without images")
-                           for p in problems[kind]]
+        report.dropped += [
+            f"{p}: {kind}"
+            for kind in ("images without masks", "masks without images")
+            for p in problems[kind]
+        ]
     for line in report.dropped:
         log.warning("Dropped %s", line)
     if not report.pairs:
@@ -236,4 +253,3 @@ def scan_source(source: object) -> Scan:
     """``source.scan()`` when the source has one, else a :class:`Scan` of ``source.pairs()``."""
     scan = getattr(source, "scan", None)
     return scan() if callable(scan) else Scan(pairs=list(source.pairs()))
-

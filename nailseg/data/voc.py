@@ -50,27 +50,38 @@ class VocSource:
         for name in MASK_FOLDERS:
             if (self.root / name).is_dir():
                 return self.root / name
-        raise DataError(f"No mask folder under {self.root}: expected one of {list(MASK_FOLDERS)}"
-                        " (or set data.source.masks=FOLDER).")
+        raise DataError(
+            f"No mask folder under {self.root}: expected one of {list(MASK_FOLDERS)}"
+            " (or set data.source.masks=FOLDER)."
+        )
 
     def scan(self) -> Scan:
-        _require_dir(self.root, "VOC root", "Set data.root=/path/to/VOC (the folder with JPEGImages/).")
+        _require_dir(
+            self.root, "VOC root", "Set data.root=/path/to/VOC (the folder with JPEGImages/)."
+        )
         images_dir, sets_dir = self.root / self.images, self.root / self.image_sets
         _require_dir(images_dir, "Image folder", f"Expected {self.images}/ under {self.root}.")
         masks_dir = self._mask_dir()
         _require_dir(masks_dir, "Mask folder", f"Expected {masks_dir.name}/ under {self.root}.")
-        lists = {split: sets_dir / f"{name}.txt" for name, split in SPLIT_FILES.items()
-                 if (sets_dir / f"{name}.txt").is_file()}
+        lists = {
+            split: sets_dir / f"{name}.txt"
+            for name, split in SPLIT_FILES.items()
+            if (sets_dir / f"{name}.txt").is_file()
+        }
         if "train" not in lists or "valid" not in lists:
-            raise DataError(f"Split lists missing: expected train.txt and val.txt in {sets_dir}."
-                            " Add them, or use data=folder for an automatic split.")
+            raise DataError(
+                f"Split lists missing: expected train.txt and val.txt in {sets_dir}."
+                " Add them, or use data=folder for an automatic split."
+            )
         scan = scan_folders(images_dir, masks_dir, grouped=False)
         split_of: dict[str, str] = {}
         for split, path in lists.items():
             for name in path.read_text().split():
                 if split_of.setdefault(name, split) != split:
-                    raise DataError(f"{name} is in both {split_of[name]} and {split} lists under"
-                                    f" {sets_dir}. Keep it in one.")
+                    raise DataError(
+                        f"{name} is in both {split_of[name]} and {split} lists under"
+                        f" {sets_dir}. Keep it in one."
+                    )
         names = {p.image.relative_to(images_dir).with_suffix("").as_posix() for p in scan.pairs}
         unknown = set(split_of) - names
 
@@ -80,14 +91,20 @@ class VocSource:
 
         scan.images_without_masks = listed(scan.images_without_masks, images_dir)
         scan.masks_without_images = listed(scan.masks_without_images, masks_dir)
-        found = {p.relative_to(d).with_suffix("").as_posix()
-                 for ps, d in ((scan.images_without_masks, images_dir),
-                               (scan.masks_without_images, masks_dir)) for p in ps}
+        found = {
+            p.relative_to(d).with_suffix("").as_posix()
+            for ps, d in (
+                (scan.images_without_masks, images_dir),
+                (scan.masks_without_images, masks_dir),
+            )
+            for p in ps
+        }
         neither = sorted(unknown - found)
         if neither:
             raise DataError(
                 f"{len(neither)} name(s) in the split lists under {sets_dir} have neither an image"
-                f" nor a mask: {', '.join(neither[:5])}. Remove them from the lists or add the files."
+                f" nor a mask: {', '.join(neither[:5])}. Remove them from the lists or add the"
+                " files."
             )
         labelled, unused = [], []
         for pair in scan.pairs:

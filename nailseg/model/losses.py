@@ -33,7 +33,9 @@ class WeightedSum(nn.Module):
         weights: weight per name; missing names weigh 1.
     """
 
-    def __init__(self, losses: Mapping[str, nn.Module], weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self, losses: Mapping[str, nn.Module], weights: Mapping[str, float] | None = None
+    ) -> None:
         super().__init__()
         self.losses = nn.ModuleDict(dict(losses))
         self.weights = {name: float((weights or {}).get(name, 1.0)) for name in self.losses}

@@ -40,14 +40,21 @@ class SegmentationModule(pl.LightningModule):
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         # Keys carry a suffix: ModuleDict keys may not shadow Module attributes such as `train`.
-        self.loss_means = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in ("train", *STAGES)})
-        self.metrics = nn.ModuleDict({
-            stage: MetricCollection(
-                {"iou": BinaryJaccardIndex(threshold=threshold), "dice": BinaryF1Score(threshold=threshold)},
-                prefix=f"{stage}/",
-            )
-            for stage in STAGES
-        })
+        self.loss_means = nn.ModuleDict(
+            {f"{stage}_loss": MeanMetric() for stage in ("train", *STAGES)}
+        )
+        self.metrics = nn.ModuleDict(
+            {
+                stage: MetricCollection(
+                    {
+                        "iou": BinaryJaccardIndex(threshold=threshold),
+                        "dice": BinaryF1Score(threshold=threshold),
+                    },
+                    prefix=f"{stage}/",
+                )
+                for stage in STAGES
+            }
+        )
 
     def forward(self, image: Tensor) -> Tensor:
         return self.net(image)
@@ -80,4 +87,7 @@ class SegmentationModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

@@ -61,7 +61,8 @@ def build_network(
         arch: a key of :data:`ARCHITECTURES` (``unet``, ``fpn``, ...).
         encoder_name: any smp encoder name (``resnet18``, ``timm-efficientnet-b4``, ...).
         encoder_weights: ``None`` (random init), a pretrained name known to smp for this encoder
-            (``imagenet``), or the path of a local encoder state dict (``.pth``/``.pt``/``.safetensors``).
+            (``imagenet``), or the path of a local encoder state dict
+            (``.pth``/``.pt``/``.safetensors``).
         arch_kwargs: passed to the smp class; ``None`` values are dropped (library default).
     """
     if arch not in ARCHITECTURES:
@@ -75,18 +76,25 @@ def build_network(
         if not local_file.is_file():
             raise EncoderWeightsError(
                 f"Encoder weights file not found: {local_file} (encoder.weights). Give an existing"
-                " state-dict file, encoder.weights=imagenet with a network, or encoder.weights=null."
+                " state-dict file, encoder.weights=imagenet with a network, or"
+                " encoder.weights=null."
             )
     elif encoder_weights is not None:
         known = list(smp.encoders.encoders[encoder_name].get("pretrained_settings", {}))
         if encoder_weights not in known:
             raise ConfigError(
                 f"Encoder {encoder_name!r} has no pretrained weights named {encoder_weights!r}"
-                f" (encoder.weights). Options: {', '.join(known) or 'none'}, a local file path, or null."
+                f" (encoder.weights). Options: {', '.join(known) or 'none'}, a local file path, or"
+                " null."
             )
     try:
-        net = factory(encoder_name=encoder_name, encoder_weights=encoder_weights,
-                      in_channels=in_channels, classes=classes, **kwargs)
+        net = factory(
+            encoder_name=encoder_name,
+            encoder_weights=encoder_weights,
+            in_channels=in_channels,
+            classes=classes,
+            **kwargs,
+        )
     except (OSError, ConnectionError, RuntimeError) as err:
         if encoder_weights is None:
             raise
@@ -98,14 +106,18 @@ def build_network(
             " scratch with encoder.weights=null."
         ) from err
     except TypeError as err:
-        raise ConfigError(f"Bad option for model.arch={arch}: {err}. Check the keys under model.") from err
+        raise ConfigError(
+            f"Bad option for model.arch={arch}: {err}. Check the keys under model."
+        ) from err
     if local_file is not None:
         load_encoder_weights(net.encoder, local_file)
     return net
 
 
 def _looks_like_path(value: str) -> bool:
-    return any(sep in value for sep in ("/", "\\")) or value.endswith((".pth", ".pt", ".safetensors"))
+    return any(sep in value for sep in ("/", "\\")) or value.endswith(
+        (".pth", ".pt", ".safetensors")
+    )
 
 
 def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
@@ -128,6 +140,10 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
             f" key(s), e.g. {result.missing_keys[:3]}. Was it saved from the same encoder.name?"
         )
     if result.unexpected_keys:
-        log.warning("Ignored %d unexpected key(s) in %s (e.g. %s)",
-                    len(result.unexpected_keys), path, result.unexpected_keys[:3])
+        log.warning(
+            "Ignored %d unexpected key(s) in %s (e.g. %s)",
+            len(result.unexpected_keys),
+            path,
+            result.unexpected_keys[:3],
+        )
     log.info("Loaded encoder weights from %s", path)
