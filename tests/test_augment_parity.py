@@ -3,8 +3,8 @@
 Each case switches on one part of the policy, runs both backends over the same tiny test pattern
 with N fixed seeds, recovers the drawn parameter of every sample from the output (flip from where
 a marker lands; rotation, scale and shift from image moments of an ellipse; brightness and
-contrast from two grey levels; noise std from a flat image; blur sigma from a step edge) and
-compares, with tolerances stated next to each check:
+contrast from two grey levels; hue, saturation and value shifts from a flat colour patch; noise
+std from a flat image; blur sigma from a step edge) and compares, with tolerances stated next to each check:
 
 - the fraction of samples the op was applied to, against the policy's ``p`` and between backends:
   within 4 binomial standard errors (``4 * sqrt(p (1 - p) / N)``, doubled variance between);
@@ -22,6 +22,7 @@ and requires each one to fail, so the checks can fail.
 
 from __future__ import annotations
 
+import colorsys
 import functools
 import warnings
 from collections.abc import Callable
@@ -66,6 +67,13 @@ def _two_levels(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     image = np.empty((size, size, 3), np.uint8)
     image[:, : size // 2], image[:, size // 2 :] = round(LO * 255), round(HI * 255)
     return image, np.zeros((size, size), np.uint8)
+
+
+COLOUR = (200, 90, 60)  # a saturated skin-like colour: no HSV shift of the policy clips it
+
+
+def _colour_patch(size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((size, size, 3), COLOUR, np.uint8), np.zeros((size, size), np.uint8)
 
 
 def _flat(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +135,18 @@ def _brightness(out: np.ndarray, original: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _hsv(out: np.ndarray, original: np.ndarray) -> dict[str, np.ndarray]:
+    before = colorsys.rgb_to_hsv(*original[:, 0, 0])
+    after = np.array([colorsys.rgb_to_hsv(*pixel) for pixel in out[:, :, 8, 8]])
+    return {
+        "applied": np.abs(out - original[None]).reshape(len(out), -1).max(1) > 1e-3,
+        # Hue is a fraction of the circle: the shortest way round.
+        "hue": (after[:, 0] - before[0] + 0.5) % 1.0 - 0.5,
+        "saturation": after[:, 1] - before[1],
+        "value": after[:, 2] - before[2],
+    }
+
+
 def _noise(out: np.ndarray, original: np.ndarray) -> dict[str, np.ndarray]:
     std = out.reshape(len(out), -1).std(1)
     return {"applied": std > 0.005, "std": std}
@@ -162,6 +182,7 @@ class Case:
     different: dict = field(default_factory=dict)
 
 
+HSV_LIMITS = {"hue": 0.05, "saturation": 0.15, "value": 0.1}
 CASES = {
     "flips": Case(
         {**OFF, "hflip_p": 0.5, "vflip_p": 0.3},
@@ -208,6 +229,25 @@ CASES = {
                 "hsv": None,
                 "clahe": None,
                 "brightness_contrast": {"brightness": 0.3, "contrast": 0.2},
+            },
+        },
+    ),
+    "hsv": Case(
+        {
+            **OFF,
+            "colour": {"p": 0.7, "hsv": HSV_LIMITS, "clahe": None, "brightness_contrast": None},
+        },
+        _colour_patch,
+        _hsv,
+        fractions={"applied": 0.7},
+        uniform={"hue": (-0.05, 0.05), "saturation": (-0.15, 0.15), "value": (-0.1, 0.1)},
+        different={
+            **OFF,
+            "colour": {
+                "p": 0.7,
+                "hsv": {**HSV_LIMITS, "hue": 0.08},
+                "clahe": None,
+                "brightness_contrast": None,
             },
         },
     ),
