@@ -189,10 +189,16 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[name]
+        sampler = EpochSeededSampler(len(dataset), self.seed, shuffle=shuffle)
+        if self.trainer is not None:
+            # On resume Lightning starts the first iterator (with workers, their prefetching)
+            # before it calls set_epoch: give the sampler the epoch it is about to run, the value
+            # Lightning passes to set_epoch later (progress "processed", not current_epoch).
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.seed, shuffle=shuffle),
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
