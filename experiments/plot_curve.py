@@ -44,6 +44,8 @@ def main() -> None:
             ax.plot(epochs, [series[name][e] for e in epochs], label=name, marker=".")
         ax.set_xlabel("epoch")
         ax.set_ylabel(kind)
+        if kind == "loss":
+            ax.set_yscale("log")  # early validation spikes would flatten the rest
         ax.grid(alpha=0.3)
         ax.legend()
     best = max(series["val/iou"].values(), default=float("nan"))
