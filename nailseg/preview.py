@@ -117,7 +117,8 @@ def preview_grid(
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nailseg preview",
-        description=__doc__.split("\n\n")[0],
+        description="Write a PNG grid: per training sample, the original, augmented versions"
+        " with the mask overlaid, and the mask alone.",
         epilog="Other arguments are Hydra overrides, as for train.py"
         " (aug=..., aug/policy=..., data=...).",
     )

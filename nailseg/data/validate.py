@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from nailseg.data.cache import DecodeCache, cache_key
 from nailseg.data.io import image_array, mask_values, open_file, orientation, resize_pair, upright
@@ -175,7 +176,9 @@ def check_pairs(
     workers = workers or min(4, os.cpu_count() or 1)
     decode: Callable[[Pair], _Decoded] = lambda p: _decode(p, image_size if keep_arrays else None)  # noqa: E731
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(decode, scan.pairs))
+        # Decoding every file is the long phase of the check on a large data set.
+        progress = tqdm(pool.map(decode, scan.pairs), total=len(scan.pairs), desc="checking data")
+        decoded = list(progress)
 
     problems: dict[str, list[str]] = {kind: [] for kind in PROBLEMS}
     warnings: dict[str, list[str]] = {kind: [] for kind in WARNINGS}
