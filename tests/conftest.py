@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,20 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config([*paths, *speed, *overrides, *extra])
 
     return _make
+
+
+def train_py(
+    *args: str, timeout: float = 300, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` in a fresh process, as a user runs it; output captured."""
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env=None if env is None else dict(env),
+    )
 
 
 requires_shared_data = pytest.mark.skipif(

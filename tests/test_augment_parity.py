@@ -4,7 +4,8 @@ Each case switches on one part of the policy, runs both backends over the same t
 with N fixed seeds, recovers the drawn parameter of every sample from the output (flip from where
 a marker lands; rotation, scale and shift from image moments of an ellipse; brightness and
 contrast from two grey levels; hue, saturation and value shifts from a flat colour patch; noise
-std from a flat image; blur sigma from a step edge) and compares, with tolerances stated next to each check:
+std from a flat image; blur sigma from a step edge) and compares, with tolerances stated next to
+each check:
 
 - the fraction of samples the op was applied to, against the policy's ``p`` and between backends:
   within 4 binomial standard errors (``4 * sqrt(p (1 - p) / N)``, doubled variance between);

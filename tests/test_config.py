@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from hydra.utils import instantiate
 
 from nailseg.config import CONF_DIR, REPO_ROOT
 from nailseg.train import build_datamodule, build_module, build_trainer
+from tests.conftest import train_py
 
 SKIP = {"hydra", "paths"}  # composed implicitly by every case
 
@@ -93,18 +92,8 @@ def test_experiment_composes(make_cfg, name: str) -> None:
     instantiate(cfg.loss)
 
 
-def _train_py(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
-
-
 def test_help_lists_groups_and_options() -> None:
-    out = _train_py("--help")
+    out = train_py("--help")
     assert out.returncode == 0, out.stderr
     for line in (
         "aug: albu_cpu, kornia_gpu, none",
@@ -115,10 +104,10 @@ def test_help_lists_groups_and_options() -> None:
 
 
 def test_cfg_job_and_info_defaults() -> None:
-    job = _train_py("--cfg", "job", "aug=kornia_gpu", "encoder=effnet_b4")
+    job = train_py("--cfg", "job", "aug=kornia_gpu", "encoder=effnet_b4")
     assert job.returncode == 0, job.stderr
     assert "nailseg.augment.kornia_gpu.KorniaAugment" in job.stdout
     assert "timm-efficientnet-b4" in job.stdout
-    info = _train_py("--info", "defaults")
+    info = train_py("--info", "defaults")
     assert info.returncode == 0, info.stderr
     assert "aug/albu_cpu" in info.stdout and "encoder/resnet18" in info.stdout

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from nailseg.config import REPO_ROOT
 from nailseg.errors import ConfigError, DataError, EncoderWeightsError
 from nailseg.train import build_datamodule, build_module
+from tests.conftest import train_py
 
 
 def test_missing_data_root(make_cfg, tmp_path: Path) -> None:
@@ -52,18 +49,8 @@ def test_missing_local_weights_file(make_cfg, tmp_path: Path) -> None:
 
 def test_cli_error_is_one_clear_line_and_failed_record(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "train.py"),
-            "encoder.name=resnet81",
-            f"hydra.run.dir={run_dir}",
-            f"paths.data_dir={tmp_path / 'data'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    out = train_py(
+        "encoder.name=resnet81", f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path / 'data'}"
     )
     assert out.returncode == 1
     assert "error: Unknown encoder 'resnet81'" in out.stderr

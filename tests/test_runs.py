@@ -31,6 +31,7 @@ from nailseg.runs.diff import RUN_DIR_TOKEN
 from nailseg.runs.fingerprint import data_fingerprint
 from nailseg.runs.record import find_run_dir, read_run
 from nailseg.runs.rerun import merge_overrides
+from tests.conftest import train_py
 
 TINY = (
     "trainer=debug",
@@ -48,11 +49,10 @@ TINY = (
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO_ROOT / "train.py"), *args]
-    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+def train(*args: str) -> subprocess.CompletedProcess:
+    result = train_py(*args, env=ENV)
+    if result.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
 
 

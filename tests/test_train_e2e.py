@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from nailseg.config import REPO_ROOT
 from nailseg.train import run
-from tests.conftest import FAST_OVERRIDES, FAST_SYNTHETIC
+from tests.conftest import FAST_OVERRIDES, FAST_SYNTHETIC, train_py
 
 
 def _check_record(record: dict) -> None:
@@ -46,21 +42,13 @@ def test_test_split_is_evaluated(make_cfg) -> None:
 def test_readme_command_kornia_effnet_b4(tmp_path: Path) -> None:
     """`python train.py aug=kornia_gpu encoder=effnet_b4`, as in the README, with a fast trainer."""
     run_dir = tmp_path / "run"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "train.py"),
-            "aug=kornia_gpu",
-            "encoder=effnet_b4",
-            *FAST_OVERRIDES,
-            *FAST_SYNTHETIC,
-            f"hydra.run.dir={run_dir}",
-            f"paths.data_dir={tmp_path / 'data'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    out = train_py(
+        "aug=kornia_gpu",
+        "encoder=effnet_b4",
+        *FAST_OVERRIDES,
+        *FAST_SYNTHETIC,
+        f"hydra.run.dir={run_dir}",
+        f"paths.data_dir={tmp_path / 'data'}",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads((run_dir / "run.json").read_text())
@@ -81,22 +69,15 @@ def test_failed_run_records_the_error(make_cfg) -> None:
 @pytest.mark.slow
 def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "train.py"),
-            "-m",
-            "loss=dice,bce",
-            *FAST_OVERRIDES,
-            *FAST_SYNTHETIC,
-            "trainer.limit_train_batches=1",
-            "trainer.limit_val_batches=1",
-            f"hydra.sweep.dir={sweep_dir}",
-            f"paths.data_dir={tmp_path / 'data'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = train_py(
+        "-m",
+        "loss=dice,bce",
+        *FAST_OVERRIDES,
+        *FAST_SYNTHETIC,
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.data_dir={tmp_path / 'data'}",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     records = [json.loads((sweep_dir / str(job) / "run.json").read_text()) for job in (0, 1)]
