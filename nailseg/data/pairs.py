@@ -94,14 +94,12 @@ def scan_folders(images_dir: Path, masks_dir: Path, grouped: bool) -> Scan:
     )
 
 
-def match_pairs(images_dir: Path, masks_dir: Path, grouped: bool) -> list[Pair]:
-    """Pair files of two folders by relative path and stem; extensions are free.
+def complete_pairs(scan: Scan, images_dir: Path, masks_dir: Path) -> list[Pair]:
+    """The pairs of a :func:`scan_folders` scan, when every file has its partner.
 
-    With ``grouped=True`` the first sub-folder under ``images_dir`` is the pair's group.
-    Raises :class:`DataError` for empty folders and for images without masks or masks without
-    images, listing the first few of them.
+    Raises :class:`DataError` for images without masks or masks without images, listing the
+    first few of them.
     """
-    scan = scan_folders(images_dir, masks_dir, grouped)
     problems = []
     if scan.images_without_masks:
         problems.append(
@@ -166,8 +164,7 @@ class GroupedFolderSource:
         return scan_folders(self.images_dir, self.masks_dir, grouped=True)
 
     def pairs(self) -> list[Pair]:
-        self._check_dirs()
-        return match_pairs(self.images_dir, self.masks_dir, grouped=True)
+        return complete_pairs(self.scan(), self.images_dir, self.masks_dir)
 
     def __repr__(self) -> str:
         return f"GroupedFolderSource({self.images_dir}, {self.masks_dir})"
@@ -197,8 +194,7 @@ class FolderSource:
         return scan_folders(self.images_dir, self.masks_dir, grouped=False)
 
     def pairs(self) -> list[Pair]:
-        self.scan()  # the folder checks
-        return match_pairs(self.images_dir, self.masks_dir, grouped=False)
+        return complete_pairs(self.scan(), self.images_dir, self.masks_dir)
 
     def __repr__(self) -> str:
         return f"FolderSource({self.images_dir}, {self.masks_dir})"
