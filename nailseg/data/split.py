@@ -39,9 +39,9 @@ def stratified_split(
         or valid_fraction + test_fraction >= 1
     ):
         raise ConfigError(
-            f"Split fractions valid={valid_fraction}, test={test_fraction} are invalid: each must"
-            " be"
-            " in [0, 1) and their sum below 1. Fix data.valid_fraction / data.test_fraction."
+            f"Split fractions valid={valid_fraction}, test={test_fraction} are invalid: each"
+            " must be in [0, 1) and their sum below 1. Fix data.valid_fraction /"
+            " data.test_fraction."
         )
     by_group: dict[str, list[Pair]] = defaultdict(list)
     for pair in pairs:

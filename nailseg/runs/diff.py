@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from nailseg.config import compose_config
@@ -132,7 +132,7 @@ def load_defaults_side() -> Side:
         for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
         if not k.startswith("hydra")
     }
-    with _open_struct(cfg):
+    with open_dict(cfg):
         del cfg["hydra"]
         cfg.paths.output_dir = RUN_DIR_TOKEN
     unresolved: list[str] = []
@@ -143,17 +143,6 @@ def load_defaults_side() -> Side:
         sections={"choices": choices, "config": config, "env": env, "data": None, "metrics": None},
         unresolved=unresolved,
     )
-
-
-class _open_struct:  # noqa: N801 - used like omegaconf.open_dict
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-
-    def __enter__(self) -> None:
-        OmegaConf.set_struct(self.cfg, False)
-
-    def __exit__(self, *exc: object) -> None:
-        OmegaConf.set_struct(self.cfg, True)
 
 
 def _number(value: Any) -> float | None:
