@@ -4,8 +4,8 @@ Each case switches on one part of the policy, runs both backends over the same t
 with N fixed seeds, recovers the drawn parameter of every sample from the output (flip from where
 a marker lands; rotation, scale and shift from image moments of an ellipse; brightness and
 contrast from two grey levels; hue, saturation and value shifts from a flat colour patch; noise
-std from a flat image; blur sigma from a step edge) and compares, with tolerances stated next to
-each check:
+std from a flat image; blur sigma from a step edge; for CLAHE only whether it was applied, on a
+low-contrast gradient) and compares, with tolerances stated next to each check:
 
 - the fraction of samples the op was applied to, against the policy's ``p`` and between backends:
   within 4 binomial standard errors (``4 * sqrt(p (1 - p) / N)``, doubled variance between);
@@ -75,6 +75,19 @@ COLOUR = (200, 90, 60)  # a saturated skin-like colour: no HSV shift of the poli
 
 def _colour_patch(size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     return np.full((size, size, 3), COLOUR, np.uint8), np.zeros((size, size), np.uint8)
+
+
+def _low_contrast(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """A dim, low-contrast gradient that CLAHE visibly stretches at any clip limit."""
+    ramp = np.linspace(90, 130, size, dtype=np.float32)
+    grey = (ramp[None, :] + ramp[:, None]) / 2
+    return np.repeat(grey[..., None], 3, 2).round().astype(np.uint8), np.zeros(
+        (size, size), np.uint8
+    )
+
+
+def _changed(out: np.ndarray, original: np.ndarray) -> dict[str, np.ndarray]:
+    return {"applied": np.abs(out - original[None]).reshape(len(out), -1).max(1) > 2 / 255}
 
 
 def _flat(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -183,6 +196,7 @@ class Case:
     different: dict = field(default_factory=dict)
 
 
+CLAHE = {"clip_limit": [1.0, 4.0], "grid_size": 4}
 HSV_LIMITS = {"hue": 0.05, "saturation": 0.15, "value": 0.1}
 CASES = {
     "flips": Case(
@@ -250,6 +264,18 @@ CASES = {
                 "clahe": None,
                 "brightness_contrast": None,
             },
+        },
+    ),
+    # CLAHE's clip limit cannot be read back from an image, and OpenCV's and Kornia's CLAHE
+    # differ in implementation: only how often it is applied is compared.
+    "clahe": Case(
+        {**OFF, "colour": {"p": 0.7, "hsv": None, "clahe": CLAHE, "brightness_contrast": None}},
+        _low_contrast,
+        _changed,
+        fractions={"applied": 0.7},
+        different={
+            **OFF,
+            "colour": {"p": 0.5, "hsv": None, "clahe": CLAHE, "brightness_contrast": None},
         },
     ),
     "noise": Case(
