@@ -19,3 +19,11 @@ class DataError(NailsegError):
 
 class EncoderWeightsError(ConfigError):
     """Requested encoder weights cannot be loaded (offline, missing file, wrong keys)."""
+
+
+def user_error(err: BaseException) -> NailsegError | None:
+    """The :class:`NailsegError` behind ``err`` (Hydra wraps constructor errors), if any."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, NailsegError):
+        cause = cause.__cause__
+    return cause

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nailseg.config import CONF_DIR, PRIMARY_CONFIG, register_resolvers
 from nailseg.data import SegmentationDataModule
-from nailseg.errors import NailsegError
+from nailseg.errors import NailsegError, user_error
 from nailseg.model import SegmentationModule
 from nailseg.runs.checkpoint import AtomicCheckpointIO, RNGStateCallback
 from nailseg.runs.fingerprint import data_fingerprint
@@ -37,9 +37,7 @@ def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
         # Hydra wraps constructor errors; surface our user-facing ones as they are.
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, NailsegError):
-            cause = cause.__cause__
+        cause = user_error(err)
         if cause is not None:
             raise cause from None
         raise

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 
 from nailseg.config import compose_config
-from nailseg.errors import NailsegError
+from nailseg.errors import NailsegError, user_error
 
 USAGE = __doc__.split("\n\n")[0] + "\n\nusage: nailseg check-data [hydra overrides, e.g. data=...]"
 
@@ -39,10 +39,7 @@ def cli(argv: list[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         except (HydraException, OmegaConfBaseException) as err:
-            cause = err.__cause__
-            while cause is not None and not isinstance(cause, NailsegError):
-                cause = cause.__cause__
-            print(f"error: {cause or err}", file=sys.stderr)
+            print(f"error: {user_error(err) or err}", file=sys.stderr)
             return 1
     print(datamodule.report.format(full=True))
     print(
