@@ -22,7 +22,15 @@ import numpy as np
 from tqdm import tqdm
 
 from nailseg.data.cache import DecodeCache, cache_key
-from nailseg.data.io import image_array, mask_values, open_file, orientation, resize_pair, upright
+from nailseg.data.io import (
+    binarize_mask,
+    image_array,
+    mask_values,
+    open_file,
+    orientation,
+    resize_pair,
+    upright,
+)
 from nailseg.data.masks import MaskRule, MaskStats, choose_rule
 from nailseg.data.pairs import Pair, Scan
 from nailseg.errors import ConfigError, DataError
@@ -232,7 +240,7 @@ def check_pairs(
     if keep_arrays and rule is not None:
         for item in good:
             key = cache_key(item.pair, image_size, rule.threshold)
-            cache.put(key, item.image, (item.values > rule.threshold).astype(np.uint8))
+            cache.put(key, item.image, binarize_mask(item.values, rule.threshold))
     return report
 
 
