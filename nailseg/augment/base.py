@@ -41,40 +41,74 @@ class AugmentBackend:
     """Base class: normalisation on the device and no augmentation anywhere.
 
     Subclasses override :meth:`sample_transform` (per sample, in workers) and/or
-    :meth:`augment_batch` (per batch, on the device).
+    :meth:`batch_transform` (per batch, on the device).
 
     Args:
         policy: the augmentation policy (a config mapping or an :class:`AugPolicy`).
+        channels_last: return device batches in ``torch.channels_last`` memory format.
     """
 
     name = "none"
 
-    def __init__(self, policy: Mapping[str, Any] | AugPolicy | None = None) -> None:
+    def __init__(
+        self, policy: Mapping[str, Any] | AugPolicy | None = None, channels_last: bool = False
+    ) -> None:
         self.policy = AugPolicy.from_config(policy)
         self.mean = torch.tensor(self.policy.mean, dtype=torch.float32)
         self.std = torch.tensor(self.policy.std, dtype=torch.float32)
+        self.channels_last = bool(channels_last)
+        # (scale, shift) per device: copied there once, not once per batch.
+        self._affine: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def sample_transform(self, train: bool) -> SampleTransform:
         """The per-sample transform run in DataLoader workers."""
         return to_uint8_tensors
 
-    def batch_transform(
-        self, image: Tensor, mask: Tensor, seeds: Tensor, train: bool
-    ) -> tuple[Tensor, Tensor]:
-        """The per-batch transform run on the device (``on_after_batch_transfer``)."""
+    def check_uint8(self, image: Tensor) -> None:
+        """The device transforms take the workers' (or the device cache's) ``uint8`` batches."""
         if image.dtype != torch.uint8 or image.ndim != 4 or image.shape[1] != 3:
             raise TypeError(
                 f"{type(self).__name__} expects uint8 images (B, 3, H, W) from the workers, got"
                 f" {image.dtype} {tuple(image.shape)}."
             )
-        image, mask = image.float().div_(255), mask.float()
-        if train:
-            image, mask = self.augment_batch(image, mask, seeds)
-        return normalize(image, self.mean, self.std), mask
 
-    def augment_batch(self, image: Tensor, mask: Tensor, seeds: Tensor) -> tuple[Tensor, Tensor]:
-        """Augment a float batch in [0, 1] on its device. No-op here."""
-        return image, mask
+    def _scale_shift(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if device not in self._affine:
+            scale, shift = 1 / self.std, -self.mean / self.std
+            self._affine[device] = (
+                scale.view(1, 3, 1, 1).to(device),
+                shift.view(1, 3, 1, 1).to(device),
+            )
+        return self._affine[device]
+
+    def _finish(self, image: Tensor, dtype: torch.dtype) -> Tensor:
+        image = image.to(dtype)
+        return image.contiguous(memory_format=torch.channels_last) if self.channels_last else image
+
+    def normalize_float(self, image: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """A float ``[0, 1]`` batch normalised, in ``dtype`` (the dtype the model computes in)."""
+        scale, shift = self._scale_shift(image.device)
+        return self._finish(torch.addcmul(shift, image, scale), dtype)
+
+    def normalize_uint8(self, image: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """A ``uint8`` batch converted and normalised in one step."""
+        scale, shift = self._scale_shift(image.device)
+        return self._finish(torch.addcmul(shift, image.float(), scale / 255), dtype)
+
+    def batch_transform(
+        self,
+        image: Tensor,
+        mask: Tensor,
+        seeds: Tensor,
+        train: bool,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[Tensor, Tensor]:
+        """The per-batch transform run on the device (``on_after_batch_transfer``).
+
+        Returns the normalised image in ``dtype`` and the mask as ``float32`` in {0, 1}.
+        """
+        self.check_uint8(image)
+        return self.normalize_uint8(image, dtype), mask.float()
 
 
 class NoAugment(AugmentBackend):

@@ -1,180 +1,259 @@
-"""``aug=kornia_gpu``: the policy as a Kornia pipeline, per batch on the model's device.
+"""``aug=kornia_gpu``: the policy as one fused, sync-free engine on the model's device.
 
 Workers only decode and resize and return ``uint8``; the batch is converted, augmented and
-normalised after it reaches the device (``on_after_batch_transfer``). Geometric transforms go
-through ``kornia.augmentation.AugmentationSequential`` with the mask as a data key, which resamples
-masks with nearest interpolation. Noise, HSV, brightness/contrast, CLAHE-on-L and one-of are small
-adapters here so that their parameters follow the same distributions as Albumentations' (see
-:mod:`nailseg.augment.policy`); everything else is Kornia's own.
+normalised after it reaches the device (``on_after_batch_transfer``), or is gathered there from
+``data.cache=device``. The engine is built on Kornia's functional layer (``kornia.geometry``,
+``kornia.filters``, ``kornia.color``, ``kornia.enhance``), not on its augmentation wrappers:
+
+- parameters: every random parameter of sample ``i`` is drawn on the device from that sample's
+  seed alone (:mod:`nailseg.augment.params`), so a sample augments the same way in any batch and
+  on any device, and ``nailseg preview`` shows exactly what training sees;
+- geometry: flips, rotation, scale and shift are one 2x3 matrix per sample; the image is resampled
+  once (bilinear, or nearest) and the mask once (nearest) with the same matrix, zeros outside;
+- intensity: noise, blur, HSV, CLAHE and brightness/contrast run batched with per-sample
+  parameters; whether an op applies to a sample is a ``torch.where`` on CUDA (no host sync: the
+  CPU can queue the model's kernels ahead of the GPU). On a CPU there is no device to wait for,
+  so there the op runs only on the samples it applies to (the same values, less work);
+- output: normalised, in the dtype the model computes in (``bf16``/``fp16`` under mixed
+  precision), optionally ``channels_last``; ``compile=true`` wraps the whole transform in
+  ``torch.compile`` (always the ``torch.where`` form there: static shapes).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import kornia.augmentation as K
 import torch
 from kornia.color import hsv_to_rgb, lab_to_rgb, rgb_to_hsv, rgb_to_lab
-from torch import Tensor, nn
+from kornia.filters import gaussian_blur2d
+from torch import Tensor
+from torch.nn import functional as F
 
 from nailseg.augment.base import AugmentBackend
+from nailseg.augment.counter_rng import normal_field
+from nailseg.augment.params import COLOUR_OPS, NOISE_STREAM, AugParams, sample_params
 from nailseg.augment.policy import AugPolicy
 
+try:  # kornia >= 0.9: CLAHE with one clip limit per image, as a tensor (what RandomClahe uses).
+    from kornia.enhance.equalization import _equalize_clahe
+except ImportError:  # pragma: no cover - pyproject requires kornia >= 0.9
+    _equalize_clahe = None
 
-def _uniform(low: float, high: float, count: int, device: torch.device) -> Tensor:
-    return torch.rand(count, device=device) * (high - low) + low
-
-
-def _coin(p: float, count: int, device: torch.device) -> Tensor:
-    return torch.rand(count, device=device) < p
-
-
-class GaussianNoise(nn.Module):
-    """Additive per-channel Gaussian noise, std drawn per sample from ``std_range``."""
-
-    def __init__(self, std_range: tuple[float, float], p: float) -> None:
-        super().__init__()
-        self.std_range, self.p = std_range, p
-
-    def forward(self, image: Tensor) -> Tensor:
-        count, device = image.shape[0], image.device
-        std = _uniform(*self.std_range, count, device) * _coin(self.p, count, device)
-        return (image + torch.randn_like(image) * std.view(-1, 1, 1, 1)).clamp_(0, 1)
+SELECT_MODES = ("auto", "where", "subset")
+Op = Callable[[Tensor, AugParams], Tensor]
 
 
-class HSVShift(nn.Module):
-    """Additive shifts of hue (fraction of the circle), saturation and value, as Albumentations."""
+def _selected(
+    tensors: tuple[Tensor, ...], on: Tensor, params: AugParams, op: Callable, mode: str
+) -> tuple[Tensor, ...]:
+    """``op`` applied to the samples where ``on``; the others pass through unchanged.
 
-    def __init__(self, hue: float, saturation: float, value: float) -> None:
-        super().__init__()
-        self.hue, self.saturation, self.value = hue, saturation, value
-
-    def forward(self, image: Tensor) -> Tensor:
-        count, device = image.shape[0], image.device
-        h, s, v = rgb_to_hsv(image).unbind(1)
-        shift = lambda limit: _uniform(-limit, limit, count, device).view(-1, 1, 1)  # noqa: E731
-        h = torch.remainder(h + shift(self.hue) * 2 * math.pi, 2 * math.pi)
-        # Albumentations leaves grey (saturation 0) pixels grey; so do we.
-        s = torch.where(s > 0, (s + shift(self.saturation)).clamp(0, 1), s)
-        v = (v + shift(self.value)).clamp(0, 1)
-        return hsv_to_rgb(torch.stack([h, s, v], 1)).clamp_(0, 1)
-
-
-class BrightnessContrast(nn.Module):
-    """``x * (1 + c) + b``, ``c`` and ``b`` uniform, as Albumentations' ``brightness_by_max``."""
-
-    def __init__(self, brightness: float, contrast: float) -> None:
-        super().__init__()
-        self.brightness, self.contrast = brightness, contrast
-
-    def forward(self, image: Tensor) -> Tensor:
-        count, device = image.shape[0], image.device
-        alpha = 1 + _uniform(-self.contrast, self.contrast, count, device)
-        beta = _uniform(-self.brightness, self.brightness, count, device)
-        return (image * alpha.view(-1, 1, 1, 1) + beta.view(-1, 1, 1, 1)).clamp_(0, 1)
-
-
-class ClaheL(nn.Module):
-    """Kornia's CLAHE on the L channel of LAB, as Albumentations/OpenCV do for RGB images.
-
-    ``K.RandomClahe`` alone would equalise R, G and B separately and shift colours.
+    ``op`` maps a tuple of batches (and their parameters) to a tuple of batches. ``where``: run on
+    the whole batch and keep the result where ``on`` (no host sync, static shapes). ``subset``:
+    gather the samples where ``on``, run, scatter back (``nonzero`` reads ``on`` on the host: free
+    on a CPU, a sync on CUDA).
     """
-
-    def __init__(self, clip_limit: tuple[float, float], grid_size: int) -> None:
-        super().__init__()
-        self.clahe = K.RandomClahe(clip_limit=clip_limit, grid_size=(grid_size, grid_size), p=1.0)
-
-    def forward(self, image: Tensor) -> Tensor:
-        lab = rgb_to_lab(image)
-        lightness = self.clahe(lab[:, :1] / 100).clamp(0, 1) * 100  # L is in [0, 100]
-        return lab_to_rgb(torch.cat([lightness, lab[:, 1:]], 1)).clamp_(0, 1)
-
-
-class OneOf(nn.Module):
-    """With probability ``p`` per sample, apply one op chosen uniformly; others pass through."""
-
-    def __init__(self, ops: list[nn.Module], p: float) -> None:
-        super().__init__()
-        self.ops, self.p = nn.ModuleList(ops), p
-
-    def forward(self, image: Tensor) -> Tensor:
-        count, device = image.shape[0], image.device
-        applied = _coin(self.p, count, device)
-        choice = torch.randint(len(self.ops), (count,), device=device)
-        out = image.clone()
-        for k, op in enumerate(self.ops):
-            selected = (applied & (choice == k)).nonzero().flatten()
-            if selected.numel():
-                out[selected] = op(image[selected])
-        return out
-
-
-def build_kornia(policy: AugPolicy) -> tuple[K.AugmentationSequential | None, nn.Sequential]:
-    """Compile ``policy`` to a geometric stage (image and mask) and an intensity stage (image).
-
-    Args:
-        policy: the backend-neutral policy.
-
-    Returns:
-        ``(geometric, intensity)``: ``geometric(image, mask)`` applies the same flips/affine to
-        both (``None`` when the policy has none); ``intensity(image)`` touches only the image.
-    """
-    geometric: list[nn.Module] = []
-    if policy.hflip_p > 0:
-        geometric.append(K.RandomHorizontalFlip(p=policy.hflip_p))
-    if policy.vflip_p > 0:
-        geometric.append(K.RandomVerticalFlip(p=policy.vflip_p))
-    if policy.affine is not None:
-        affine = policy.affine
-        geometric.append(
-            K.RandomAffine(
-                degrees=affine.degrees,
-                translate=(affine.translate, affine.translate),
-                scale=tuple(affine.scale),
-                resample=affine.interpolation,
-                padding_mode="zeros",
-                p=affine.p,
-            )
+    if mode == "where":
+        keep = on.view(-1, 1, 1, 1)
+        return tuple(
+            torch.where(keep, new, old)
+            for new, old in zip(op(tensors, params), tensors, strict=True)
         )
-    intensity: list[nn.Module] = []
-    if policy.noise is not None:
-        intensity.append(GaussianNoise(tuple(policy.noise.std), policy.noise.p))
-    if policy.blur is not None:
-        blur = policy.blur
-        intensity.append(K.RandomGaussianBlur(blur.kernel_size, tuple(blur.sigma), p=blur.p))
-    colour = policy.colour
-    if colour is not None and colour.ops():
-        ops: list[nn.Module] = []
-        if colour.hsv is not None:
-            ops.append(HSVShift(colour.hsv.hue, colour.hsv.saturation, colour.hsv.value))
-        if colour.clahe is not None:
-            ops.append(ClaheL(tuple(colour.clahe.clip_limit), colour.clahe.grid_size))
-        if colour.brightness_contrast is not None:
-            bc = colour.brightness_contrast
-            ops.append(BrightnessContrast(bc.brightness, bc.contrast))
-        intensity.append(OneOf(ops, p=colour.p))
-    stage = K.AugmentationSequential(*geometric, data_keys=["input", "mask"]) if geometric else None
-    return stage, nn.Sequential(*intensity)
+    index = on.nonzero().flatten()
+    if index.numel() == 0:
+        return tensors
+    if index.numel() == tensors[0].shape[0]:
+        return op(tensors, params)
+    new = op(tuple(t[index] for t in tensors), params.select(index))
+    return tuple(old.index_copy(0, index, n) for old, n in zip(tensors, new, strict=True))
+
+
+def _on_image(op: Op) -> Callable:
+    """An image-only op as a ``_selected`` op on ``(image,)``."""
+    return lambda tensors, params: (op(tensors[0], params),)
+
+
+def sampling_grid(matrix: Tensor, size: tuple[int, int]) -> Tensor:
+    """The ``grid_sample`` grid of the pixel matrices ``matrix`` (``(B, 2, 3)``, source to output).
+
+    With ``align_corners=True`` pixel ``p`` sits at normalised ``u = S^-1 (p - c)``, ``S`` and
+    ``c`` both ``((W - 1) / 2, (H - 1) / 2)``. Output pixel ``S u + c`` comes from source pixel
+    ``A^-1 (S u + c - t)``, so the normalised source is ``S^-1 A^-1 S u + S^-1 (A^-1 (c - t) - c)``.
+    The 2x2 inverse is written out: ``torch.linalg.inv`` reads its status on the host (a sync on
+    CUDA), and these matrices are never singular (their scale is positive).
+    """
+    height, width = size
+    sx, sy = (width - 1) / 2, (height - 1) / 2
+    a, b, tx = matrix[:, 0].unbind(1)
+    c, d, ty = matrix[:, 1].unbind(1)
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det  # A^-1
+    rx, ry = sx - tx, sy - ty
+    theta = torch.stack(
+        [
+            torch.stack([ia, ib * sy / sx, ((ia * rx + ib * ry) - sx) / sx], 1),
+            torch.stack([ic * sx / sy, id_, ((ic * rx + id_ * ry) - sy) / sy], 1),
+        ],
+        1,
+    )
+    return F.affine_grid(theta, [matrix.shape[0], 1, height, width], align_corners=True)
+
+
+def _noise(image: Tensor, params: AugParams) -> Tensor:
+    field = normal_field(params.seeds, tuple(image.shape[1:]), NOISE_STREAM)
+    return (image + field * params.noise_std.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def _hsv(image: Tensor, params: AugParams) -> Tensor:
+    h, s, v = rgb_to_hsv(image).unbind(1)
+    hue, saturation, value = (params.hsv_shift[:, k].view(-1, 1, 1) for k in range(3))
+    h = torch.remainder(h + hue * (2 * math.pi), 2 * math.pi)
+    # Albumentations leaves grey (saturation 0) pixels grey; so do we.
+    s = torch.where(s > 0, (s + saturation).clamp(0, 1), s)
+    v = (v + value).clamp(0, 1)
+    return hsv_to_rgb(torch.stack([h, s, v], 1)).clamp_(0, 1)
+
+
+def _brightness_contrast(image: Tensor, params: AugParams) -> Tensor:
+    alpha = (1 + params.contrast).view(-1, 1, 1, 1)
+    return (image * alpha + params.brightness.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 
 class KorniaAugment(AugmentBackend):
-    """Per-batch augmentation on whatever device the batch is on (one warning if not a GPU).
+    """The fused device engine (see the module docstring).
 
     Args:
         policy: the augmentation policy (a config mapping or an :class:`AugPolicy`).
+        channels_last: return images in ``torch.channels_last`` memory format.
+        compile: run the whole training transform through ``torch.compile``.
+        select: ``auto`` (``where`` on CUDA, ``subset`` elsewhere), ``where`` or ``subset``:
+            how an op is kept to the samples it applies to (both give the same values).
     """
 
     name = "kornia_gpu"
 
-    def __init__(self, policy: Mapping[str, Any] | AugPolicy | None = None) -> None:
-        super().__init__(policy)
-        self.geometric, self.intensity = build_kornia(self.policy)
+    def __init__(
+        self,
+        policy: Mapping[str, Any] | AugPolicy | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        select: str = "auto",
+    ) -> None:
+        super().__init__(policy, channels_last=channels_last)
+        if select not in SELECT_MODES:
+            raise ValueError(f"select={select!r}: expected one of {SELECT_MODES}")
+        self.select, self.compile = select, bool(compile)
+        self._compiled: Callable | None = None
         self._warned_device = False
+        self.stages = self._build_stages(self.policy)
 
-    def augment_batch(self, image: Tensor, mask: Tensor, seeds: Tensor) -> tuple[Tensor, Tensor]:
+    def _build_stages(self, policy: AugPolicy) -> list[tuple[str, Callable]]:
+        """The policy's stages in order; each is ``(image, mask, params, mode) -> (image, mask)``.
+
+        Named, so the benchmark can time each one (``benchmarks/augment_throughput.py``).
+        """
+        stages: list[tuple[str, Callable]] = []
+        if policy.hflip_p > 0 or policy.vflip_p > 0 or policy.affine is not None:
+            stages.append(("geometry", self._geometry))
+        if policy.noise is not None:
+            stages.append(("noise", self._intensity(_noise, "noise_on")))
+        if policy.blur is not None:
+            size = policy.blur.kernel_size
+
+            def blur(image: Tensor, params: AugParams) -> Tensor:
+                return gaussian_blur2d(image, size, params.blur_sigma[:, None].expand(-1, 2))
+
+            stages.append(("blur", self._intensity(blur, "blur_on")))
+        colour = policy.colour
+        if colour is not None and colour.ops():
+            ops: dict[str, Op] = {"hsv": _hsv, "brightness_contrast": _brightness_contrast}
+            if colour.clahe is not None:
+                ops["clahe"] = self._clahe(colour.clahe.grid_size)
+            for name in colour.ops():
+                stages.append((name, self._colour(ops[name], COLOUR_OPS.index(name))))
+        return stages
+
+    @staticmethod
+    def _intensity(op: Op, flag: str) -> Callable:
+        def stage(image: Tensor, mask: Tensor, params: AugParams, mode: str):
+            (image,) = _selected((image,), getattr(params, flag), params, _on_image(op), mode)
+            return image, mask
+
+        return stage
+
+    @staticmethod
+    def _colour(op: Op, code: int) -> Callable:
+        def stage(image: Tensor, mask: Tensor, params: AugParams, mode: str):
+            (image,) = _selected((image,), params.colour_op == code, params, _on_image(op), mode)
+            return image, mask
+
+        return stage
+
+    @staticmethod
+    def _clahe(grid_size: int) -> Op:
+        if _equalize_clahe is None:  # pragma: no cover
+            raise ImportError("aug=kornia_gpu with CLAHE needs kornia>=0.9 (pip install -U kornia)")
+
+        def clahe(image: Tensor, params: AugParams) -> Tensor:
+            # On the L channel of LAB, as Albumentations/OpenCV do for RGB images: equalising
+            # R, G and B separately would shift colours.
+            lab = rgb_to_lab(image)
+            lightness = (lab[:, :1] / 100).clamp(0, 1)
+            lightness = _equalize_clahe(lightness, params.clip_limit, (grid_size, grid_size), False)
+            return lab_to_rgb(torch.cat([lightness * 100, lab[:, 1:]], 1)).clamp_(0, 1)
+
+        return clahe
+
+    def _geometry(self, image: Tensor, mask: Tensor, params: AugParams, mode: str):
+        interpolation = self.policy.affine.interpolation if self.policy.affine else "bilinear"
+
+        def warp(pair: tuple[Tensor, Tensor], params: AugParams) -> tuple[Tensor, Tensor]:
+            image, mask = pair
+            # One grid for both, so the mask's nearest source pixel is one of the four the image
+            # interpolates. (kornia's warp_affine builds its grid anew on each call, which costs
+            # more than the resampling itself on a CPU.)
+            grid = sampling_grid(params.matrix, (image.shape[-2], image.shape[-1]))
+            return (
+                F.grid_sample(image, grid, interpolation, "zeros", align_corners=True),
+                F.grid_sample(mask, grid, "nearest", "zeros", align_corners=True),
+            )
+
+        return _selected((image, mask), params.geometric, params, warp, mode)
+
+    def _mode(self, device: torch.device) -> str:
+        if self.select != "auto":
+            return self.select
+        return "where" if device.type == "cuda" else "subset"
+
+    def augment_float(
+        self, image: Tensor, mask: Tensor, params: AugParams, mode: str = "where"
+    ) -> tuple[Tensor, Tensor]:
+        """Every stage on a float ``[0, 1]`` batch with the given parameters."""
+        for _, stage in self.stages:
+            image, mask = stage(image, mask, params, mode)
+        return image, mask
+
+    def _train_transform(
+        self, image: Tensor, mask: Tensor, seeds: Tensor, dtype: torch.dtype, mode: str
+    ) -> tuple[Tensor, Tensor]:
+        params = sample_params(self.policy, seeds, (image.shape[-2], image.shape[-1]))
+        image, mask = self.augment_float(image.float().div_(255), mask.float(), params, mode)
+        return self.normalize_float(image, dtype), mask
+
+    def batch_transform(
+        self,
+        image: Tensor,
+        mask: Tensor,
+        seeds: Tensor,
+        train: bool,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[Tensor, Tensor]:
+        self.check_uint8(image)
+        if not train:
+            return self.normalize_uint8(image, dtype), mask.float()
         device = image.device
         if device.type != "cuda" and not self._warned_device:
             warnings.warn(
@@ -183,13 +262,8 @@ class KorniaAugment(AugmentBackend):
                 stacklevel=2,
             )
             self._warned_device = True
-        self.geometric = self.geometric.to(device) if self.geometric is not None else None
-        self.intensity = self.intensity.to(device)
-        cuda = [device.index or 0] if device.type == "cuda" else []
-        # Randomness comes from the batch's sample seeds, not from the global RNG.
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(int(seeds.flatten()[0]))
-            if self.geometric is not None:
-                image, mask = self.geometric(image, mask)
-            image = self.intensity(image)
-        return image, mask
+        if self.compile:
+            if self._compiled is None:
+                self._compiled = torch.compile(self._train_transform, dynamic=False)
+            return self._compiled(image, mask, seeds, dtype, "where")
+        return self._train_transform(image, mask, seeds, dtype, self._mode(device))
