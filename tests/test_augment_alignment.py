@@ -83,9 +83,18 @@ def _backend(name: str, policy: dict, device: torch.device) -> AugmentBackend:
 
 
 def _moved(mask: np.ndarray) -> float:
-    """Share of samples whose mask the geometry changed (so the checks are not vacuous)."""
+    """Share of samples whose mask the geometry changed (so the checks are not vacuous).
+
+    Not all of them need to: an all-foreground sample zoomed in (scale > 1) with a small rotation
+    uncovers nothing, and which seeds draw that depends on the backend's random stream (the old
+    Kornia path drew other numbers on CUDA than on a CPU, and a test that required 100 % failed
+    there for that reason alone). Most must.
+    """
     original = np.stack(_samples()[1]).astype(np.float32)
     return float((np.abs(mask - original).reshape(len(mask), -1).max(1) > 0).mean())
+
+
+MOVED = 0.9
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
@@ -93,14 +102,14 @@ def test_nearest_resampling_keeps_image_and_mask_identical(name: str, device: to
     policy = {**GEOMETRIC, "affine": {**GEOMETRIC["affine"], "interpolation": "nearest"}}
     grey, mask = _run(_backend(name, policy, device), device)
     assert set(np.unique(mask)) <= {0.0, 1.0}
-    assert _moved(mask) == 1.0
+    assert _moved(mask) >= MOVED
     np.testing.assert_allclose(
         grey, 255 * mask, atol=0.01, err_msg=f"{name}: image and mask disagree"
     )
     # Padding: the all-foreground samples gain background where the transform uncovered them,
     # and the image is 0 (the defined fill) exactly there.
     padded = mask[3::4]
-    assert (padded == 0).any(1).any(1).all(), "rotation/shift should uncover some padding"
+    assert (padded == 0).any(1).any(1).mean() >= 0.5, "rotation/shift should uncover padding"
     assert (grey[3::4][padded == 0] < 0.01).all()
 
 
@@ -108,7 +117,7 @@ def test_nearest_resampling_keeps_image_and_mask_identical(name: str, device: to
 def test_bilinear_image_stays_on_its_nearest_mask(name: str, device: torch.device) -> None:
     grey, mask = _run(_backend(name, GEOMETRIC, device), device)
     assert set(np.unique(mask)) <= {0.0, 1.0}
-    assert _moved(mask) == 1.0
+    assert _moved(mask) >= MOVED
     foreground, background = grey[mask == 1], grey[mask == 0]
     assert foreground.min() >= 255 / 4 - SLACK, (
         f"{name}: mask 1 where image is {foreground.min():.1f}"

@@ -41,9 +41,12 @@ Remaining differences between the backends, none of them in a parameter's distri
 - Albumentations' ``Affine`` truncates shifts to whole pixels;
   :class:`nailseg.augment.albu.SubpixelAffine`
   (a one-method adapter) keeps them continuous, as the policy and Kornia define them.
-- Randomness: Albumentations draws per sample from the sample's seed; Kornia draws for the whole
-  batch from the batch's seeds. Both are reproducible from the run's seed, but the same seed does
-  not give the same draw in the two backends.
+- Randomness: both backends draw every parameter of a sample from that sample's seed alone
+  (Albumentations with NumPy's and Python's generators, the device engine with a counter-based
+  hash, :mod:`nailseg.augment.counter_rng`), so each is reproducible per sample from the run's
+  seed; the same seed does not give the same draw in the two backends.
+- CLAHE: OpenCV's and Kornia's implementations differ (tile phase, 8-bit rounding), not only in
+  how the clip limit is drawn.
 """
 
 from __future__ import annotations

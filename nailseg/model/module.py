@@ -40,8 +40,10 @@ class SegmentationModule(pl.LightningModule):
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         # Keys carry a suffix: ModuleDict keys may not shadow Module attributes such as `train`.
+        # nan_strategy="disable": the default checks every update for NaN on the host, a device
+        # sync per training step (a NaN loss then shows as a NaN epoch mean, which is honest).
         self.loss_means = nn.ModuleDict(
-            {f"{stage}_loss": MeanMetric() for stage in ("train", *STAGES)}
+            {f"{stage}_loss": MeanMetric(nan_strategy="disable") for stage in ("train", *STAGES)}
         )
         self.metrics = nn.ModuleDict(
             {
@@ -64,7 +66,9 @@ class SegmentationModule(pl.LightningModule):
         logits = self(image)
         loss = self.loss(logits, mask)
         loss_mean = self.loss_means[f"{stage}_loss"]
-        loss_mean.update(loss.detach(), weight=image.shape[0])
+        # Weighted by batch size as one value per sample (a stride-0 view): with "disable",
+        # MeanMetric ignores a ``weight`` argument.
+        loss_mean.update(loss.detach().expand(image.shape[0]))
         self.log(f"{stage}/loss", loss_mean, on_step=False, on_epoch=True, prog_bar=True)
         if stage in self.metrics:
             self.metrics[stage].update(logits.detach().sigmoid(), mask.int())
