@@ -9,6 +9,14 @@
   A sample a worker decodes itself lands only in that worker's copy, which persistent workers
   keep for later epochs. Needs ``pairs x H x W x 4`` bytes, e.g. 13 MB for 52 pairs at 256 px.
 - ``disk``: ``.npy`` files under ``cache_dir``, shared by all workers and by later runs.
+- ``device``: the whole data set on the model's device (the GPU; on a CPU-only machine, the CPU),
+  as ``uint8`` tensors, images ``(N, 3, H, W)`` and masks ``(N, 1, H, W)`` per split. The data
+  check fills a :class:`DeviceCache` (a RAM cache) as for ``ram``; when the loaders are first
+  requested the DataModule stacks it, moves it to the device once, empties the RAM copy, and
+  gathers every batch there by index (:mod:`nailseg.data.device`): no workers, no per-step copy
+  from the host. Needs ``pairs x H x W x 4`` bytes of device memory; the DataModule stops before
+  training when that is over ``data.device_cache_share`` of the memory free there. Only for
+  backends that augment on the device (``aug=kornia_gpu``, ``aug=none``).
 
 The key of an entry is a hash of both files' identity (resolved path, size, mtime), the target
 size and the mask threshold, so an edited file, another resolution or another mask rule never
@@ -27,7 +35,7 @@ import numpy as np
 from nailseg.data.pairs import Pair
 from nailseg.errors import ConfigError
 
-CACHE_KINDS = ("none", "ram", "disk")
+CACHE_KINDS = ("none", "ram", "disk", "device")
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
@@ -77,6 +85,13 @@ class RamCache(DecodeCache):
         return len(self.entries)
 
 
+class DeviceCache(RamCache):
+    """``data.cache=device``: the RAM cache the data check fills and the DataModule stacks onto the
+    device (:mod:`nailseg.data.device`); the DataModule then keeps the device tensors."""
+
+    kind = "device"
+
+
 class DiskCache(DecodeCache):
     """``data.cache=disk``: ``<folder>/<key[:2]>/<key>.image.npy`` and ``.mask.npy``."""
 
@@ -118,6 +133,8 @@ def make_cache(kind: str, folder: str | Path | None = None) -> DecodeCache:
         return DecodeCache()
     if kind == "ram":
         return RamCache()
+    if kind == "device":
+        return DeviceCache()
     if kind == "disk":
         if folder is None:
             raise ConfigError("data.cache=disk needs data.cache_dir=/path/to/folder.")

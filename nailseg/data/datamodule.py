@@ -9,11 +9,13 @@ from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from nailseg.augment.base import AugmentBackend, NoAugment
 from nailseg.data.cache import DecodeCache, make_cache
 from nailseg.data.dataset import SegmentationDataset
+from nailseg.data.device import DeviceBatches, check_backend, check_fits, split_bytes, stack_split
 from nailseg.data.pairs import Pair
 from nailseg.data.sampler import EpochSeededSampler
 from nailseg.data.split import SPLITS, load_or_create_split, split_key, write_split
@@ -28,6 +30,28 @@ log = logging.getLogger(__name__)
 
 class PairSource(Protocol):
     def pairs(self) -> list[Pair]: ...
+
+
+def compute_dtype(precision: str | int | None) -> torch.dtype:
+    """The dtype a model computes in under Lightning's ``Trainer(precision=...)``.
+
+    Device-side transforms return images in it, so the model's first layer does not cast them.
+
+    Examples:
+        >>> compute_dtype("bf16-mixed"), compute_dtype("16-mixed"), compute_dtype("32-true")
+        (torch.bfloat16, torch.float16, torch.float32)
+        >>> compute_dtype("64-true"), compute_dtype(None)
+        (torch.float64, torch.float32)
+    """
+    text = str(precision or "32")
+    if text.startswith("bf16"):
+        return torch.bfloat16
+    if text.startswith("16"):
+        return torch.float16
+    if text.startswith("64"):
+        # Lightning's double precision converts float inputs only before this transform runs.
+        return torch.float64
+    return torch.float32
 
 
 def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -63,10 +87,19 @@ class SegmentationDataModule(pl.LightningDataModule):
         images: image folder (``data=folder``).
         masks: mask folder (``data=folder``).
         file: list file of pairs (``data=csv``).
-        cache: ``none``, ``ram`` or ``disk`` (:mod:`nailseg.data.cache`).
+        cache: ``none``, ``ram``, ``disk`` or ``device`` (:mod:`nailseg.data.cache`). With
+            ``device`` every split is kept on the model's device and batches are gathered there
+            (:mod:`nailseg.data.device`): ``num_workers`` and ``pin_memory`` are then unused, the
+            augmentation backend must work on the device (``aug=kornia_gpu`` or ``aug=none``),
+            and training uses one device.
         cache_dir: where ``cache=disk`` writes.
         on_invalid: ``error`` stops before training on any data problem; ``skip`` drops the
             pairs with problems, listing each (:mod:`nailseg.data.validate`).
+        device_cache_share: with ``cache=device``, the largest share of the device's free memory
+            the data may take; more stops the run before training.
+
+    The device is known only once a Trainer is attached, so ``cache=device`` moves the data there
+    when the loaders are first requested with one (on the CPU without a Trainer).
 
     Split: pairs that carry a split (a list file's ``split`` column, VOC image sets) use it;
     otherwise a seeded, stratified split is made once and reused (:mod:`nailseg.data.split`).
@@ -92,6 +125,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         cache: str = "none",
         cache_dir: str | Path | None = "data/cache",
         on_invalid: str = "error",
+        device_cache_share: float = 0.5,
     ) -> None:
         super().__init__()
         self.source, self.root = source, root
@@ -105,6 +139,16 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.images, self.masks, self.file = images, masks, file
         self.on_invalid = on_invalid
         self.cache: DecodeCache = make_cache(cache, cache_dir)
+        self.device_cache_share = float(device_cache_share)
+        if self.cache.kind == "device":
+            check_backend(self.augment)
+            if not 0 < self.device_cache_share <= 1:
+                raise ConfigError(
+                    f"data.device_cache_share={device_cache_share} is invalid: give the share of"
+                    " free device memory the data may take, above 0 and at most 1 (e.g. 0.5)."
+                )
+        # cache=device: split name -> (images, masks) on the device, filled by _device_data.
+        self.device_data: dict[str, tuple[Tensor, Tensor]] = {}
         self.splits: dict[str, list[Pair]] | None = None
         self.split_folder: Path | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
@@ -187,7 +231,42 @@ class SegmentationDataModule(pl.LightningDataModule):
     def has_test(self) -> bool:
         return "test" in self.datasets
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _device_data(self, name: str) -> tuple[Tensor, Tensor]:
+        """``cache=device``: split ``name`` on the Trainer's device (the CPU without a Trainer).
+
+        The first call checks the memory and moves every split there at once (``test`` too), then
+        empties the RAM cache; a later Trainer on another device gets them moved (checked again).
+        """
+        device = torch.device("cpu")
+        if self.trainer is not None:
+            if self.trainer.world_size > 1:
+                raise ConfigError(
+                    f"data.cache=device does not support training on {self.trainer.world_size}"
+                    " processes (DDP) yet: each would need its shard of the data on its device."
+                    " Use data.cache=ram."
+                )
+            device = self.trainer.strategy.root_device
+        current = next(iter(self.device_data.values()))[0].device if self.device_data else None
+        if current != device:
+            needed = sum(split_bytes(len(d), self.image_size) for d in self.datasets.values())
+            check_fits(needed, device, self.device_cache_share)
+            if current is None:
+                self.device_data = {n: stack_split(d, device) for n, d in self.datasets.items()}
+                self.cache.entries.clear()  # the device tensors hold the data now
+            else:
+                self.device_data = {
+                    n: (images.to(device), masks.to(device))
+                    for n, (images, masks) in self.device_data.items()
+                }
+            log.info(
+                "data.cache=device: %s on %s (%.1f MB)",
+                ", ".join(f"{len(d)} {n}" for n, d in self.datasets.items()),
+                device,
+                needed / 2**20,
+            )
+        return self.device_data[name]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader | DeviceBatches:
         dataset = self.datasets[name]
         sampler = EpochSeededSampler(len(dataset), self.seed, shuffle=shuffle)
         if self.trainer is not None:
@@ -195,6 +274,11 @@ class SegmentationDataModule(pl.LightningDataModule):
             # before it calls set_epoch: give the sampler the epoch it is about to run, the value
             # Lightning passes to set_epoch later (progress "processed", not current_epoch).
             sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        # BatchNorm cannot train on a batch of one.
+        drop_last = shuffle and len(dataset) > self.batch_size
+        if self.cache.kind == "device":
+            images, masks = self._device_data(name)
+            return DeviceBatches(images, masks, sampler, self.batch_size, drop_last)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -202,22 +286,23 @@ class SegmentationDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            # BatchNorm cannot train on a batch of one.
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            drop_last=drop_last,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("valid", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        training = self.trainer is not None and self.trainer.training
+        trainer = self.trainer
+        training = trainer is not None and trainer.training
+        dtype = compute_dtype(trainer.precision if trainer is not None else None)
         image, mask = self.augment.batch_transform(
-            batch["image"], batch["mask"], batch["seed"], training
+            batch["image"], batch["mask"], batch["seed"], training, dtype=dtype
         )
         return {**batch, "image": image, "mask": mask}
