@@ -5,6 +5,8 @@ Workers return normalised ``float32`` images, so nothing is left to do on the de
 
 from __future__ import annotations
 
+import hashlib
+import operator
 import random
 
 import albumentations as A
@@ -36,15 +38,18 @@ class SubpixelAffine(A.Affine):
 
 
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+_LOW128 = (1 << 128) - 1
 
 
-def build_albumentations(policy: AugPolicy, train: bool) -> A.Compose:
+def build_albumentations(policy: AugPolicy, train: bool, normalize: bool = True) -> A.Compose:
     """Compile ``policy`` to an ``A.Compose``; validation gets only normalisation.
 
     Args:
         policy: the backend-neutral policy.
         train: build the training pipeline (augmentation + normalisation) when true, else only
             normalisation.
+        normalize: end with ``A.Normalize`` (:func:`albu_normalize`); without it the pipeline
+            returns the augmented ``uint8`` image.
 
     Returns:
         A pipeline taking ``image`` (``uint8`` HWC) and ``mask`` (``uint8`` HW) keyword arguments.
@@ -84,8 +89,14 @@ def build_albumentations(policy: AugPolicy, train: bool) -> A.Compose:
             )
         if policy.colour is not None and policy.colour.ops():
             steps.append(A.OneOf(_colour_ops(policy), p=policy.colour.p))
-    steps.append(A.Normalize(mean=policy.mean, std=policy.std, max_pixel_value=255.0))
+    if normalize:
+        steps.append(albu_normalize(policy))
     return A.Compose(steps)
+
+
+def albu_normalize(policy: AugPolicy) -> A.Normalize:
+    """The policy's normalisation as Albumentations' ``Normalize`` (the last step of a pipeline)."""
+    return A.Normalize(mean=policy.mean, std=policy.std, max_pixel_value=255.0)
 
 
 def _colour_ops(policy: AugPolicy) -> list[A.BasicTransform]:
@@ -126,19 +137,74 @@ def _colour_ops(policy: AugPolicy) -> list[A.BasicTransform]:
 
 
 class _SeededAlbumentations:
-    """A picklable per-sample transform; reseeded from each sample's seed for reproducibility."""
+    """A picklable per-sample transform; reseeded from each sample's seed for reproducibility.
 
-    def __init__(self, pipeline: A.Compose) -> None:
+    The output depends only on ``(image, mask, seed)``, not on earlier calls.
+
+    Args:
+        pipeline: the augmentation, without normalisation (``uint8`` in and out).
+        normalize: the normalisation to apply last, as the full pipeline would.
+    """
+
+    def __init__(self, pipeline: A.Compose, normalize: A.Normalize) -> None:
         self.pipeline = pipeline
-
-    def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[Tensor, Tensor]:
         # One generator pair shared by every transform. ``Compose.set_random_seed`` would give
         # each transform its own generator with the same seed, so every transform's first draw
         # would be the same number: flips, affine and the one-of would fire together, and a
         # one-of child's parameter would be tied to the draw that chose to apply it.
-        self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        # ``set_random_state`` only hands every transform a reference to these two objects, so it
+        # runs once here (pickling keeps the sharing) and each call reseeds them in place.
+        self._np_bits = np.random.PCG64DXSM()
+        self._np_random = np.random.Generator(self._np_bits)
+        self._py_random = random.Random()
+        self.pipeline.set_random_state(self._np_random, self._py_random)
+        # ``A.Normalize`` on uint8 looks each channel up in a 256-entry float32 table and merges
+        # the channels to (H, W, 3), which we would then copy to (3, H, W). Its own tables, read
+        # back by normalising a 0..255 ramp, written straight into (3, H, W): the same values,
+        # bit for bit, without the merge and the transposing copy.
+        ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)
+        expected = normalize.apply(ramp)
+        self._luts = np.ascontiguousarray(expected[:, 0, :].T)  # (3, 256) float32
+        if not np.array_equal(self._normalize(ramp), expected.transpose(2, 0, 1)):
+            raise RuntimeError("albu_cpu: planar normalisation differs from A.Normalize.")
+
+    def _reseed(self, seed: int) -> None:
+        """Reset both generators to a state that depends only on ``seed`` (about 8 us).
+
+        ``np.random.default_rng(seed)`` costs a ``SeedSequence`` and three new objects per call;
+        a BLAKE2b digest of the seed gives the 128-bit state and odd increment of the generator
+        directly, as a ``SeedSequence`` would (well-mixed, a separate stream per seed).
+        """
+        digest = hashlib.blake2b(
+            str(seed).encode(), digest_size=32, person=b"nailseg-albu"
+        ).digest()
+        words = int.from_bytes(digest, "little")
+        self._np_bits.state = {
+            "bit_generator": "PCG64DXSM",
+            "state": {"state": words >> 128, "inc": (words & _LOW128) | 1},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        self._py_random.seed(seed)
+
+    def _normalize(self, image: np.ndarray) -> np.ndarray:
+        """``uint8`` ``(H, W, 3)`` to normalised, contiguous ``float32`` ``(3, H, W)``."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != len(self._luts):
+            raise TypeError(
+                f"albu_cpu expects uint8 (H, W, 3) images, got {image.dtype} {image.shape}."
+            )
+        out = np.empty((image.shape[2], *image.shape[:2]), np.float32)
+        for channel, lut, dst in zip(cv2.split(image), self._luts, out, strict=True):
+            cv2.LUT(channel, lut, dst=dst)
+        return out
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[Tensor, Tensor]:
+        seed = operator.index(seed)
+        if self.pipeline.py_random is not self._py_random:  # someone reseeded the pipeline
+            self.pipeline.set_random_state(self._np_random, self._py_random)
+        self._reseed(seed)
         out = self.pipeline(image=image, mask=mask)
-        image_t = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        image_t = torch.from_numpy(self._normalize(out["image"]))
         return image_t, torch.from_numpy(np.ascontiguousarray(out["mask"]))[None]
 
 
@@ -148,11 +214,18 @@ class AlbumentationsAugment(AugmentBackend):
     name = "albu_cpu"
 
     def sample_transform(self, train: bool) -> SampleTransform:
-        return _SeededAlbumentations(build_albumentations(self.policy, train))
+        return _SeededAlbumentations(
+            build_albumentations(self.policy, train, normalize=False), albu_normalize(self.policy)
+        )
 
     def batch_transform(
-        self, image: Tensor, mask: Tensor, seeds: Tensor, train: bool
+        self,
+        image: Tensor,
+        mask: Tensor,
+        seeds: Tensor,
+        train: bool,
+        dtype: torch.dtype = torch.float32,
     ) -> tuple[Tensor, Tensor]:
         if image.dtype != torch.float32:
             raise TypeError(f"albu_cpu expects float32 images from the workers, got {image.dtype}.")
-        return image, mask.float()
+        return self._finish(image, dtype), mask.float()
