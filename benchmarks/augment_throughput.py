@@ -57,7 +57,7 @@ def load_images(data: Path, size: int, count: int) -> tuple[list[np.ndarray], li
         image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
         label = cv2.imread(str(data / "labels" / path.name), cv2.IMREAD_GRAYSCALE)
         images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
-        masks.append((cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST) > 127))
+        masks.append(cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST) > 127)
     if not images:
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (size, size, 3), np.uint8) for _ in range(count)]
@@ -278,22 +278,19 @@ def main() -> None:
     for row, value in rows.items():
         print(f"{row:<48} {value:>12,.0f}")
     engine_rate = rows["kornia_gpu engine"]
-    print("\nratios")
-    print(
-        f"  engine / stock Kornia          {engine_rate / rows[next(iter(k for k in rows if k.startswith('stock')))]:6.2f}x"
-    )
+    stock_rate = rows["stock Kornia AugmentationSequential"]
+    ratios = {
+        "engine / stock Kornia": engine_rate / stock_rate,
+        "engine / floor (convert + normalise)": engine_rate / rows["convert + normalise (floor)"],
+        "albu_cpu / bare Albumentations": rows["albu_cpu transform"]
+        / rows["albumentations (bare)"],
+        "engine / albu_cpu (one core)": engine_rate / rows["albu_cpu transform"],
+    }
     if args.compile:
-        print(
-            f"  compiled / stock Kornia        "
-            f"{rows['kornia_gpu engine, compiled'] / rows['stock Kornia AugmentationSequential']:6.2f}x"
-        )
-    print(
-        f"  engine / floor                 {engine_rate / rows['convert + normalise (floor)']:6.3f}"
-    )
-    print(
-        f"  albu_cpu / bare Albumentations {rows['albu_cpu transform'] / rows['albumentations (bare)']:6.2f}x"
-    )
-    print(f"  engine / albu_cpu (one core)   {engine_rate / rows['albu_cpu transform']:6.2f}x")
+        ratios["compiled engine / stock Kornia"] = rows["kornia_gpu engine, compiled"] / stock_rate
+    print("\nratios")
+    for name, value in ratios.items():
+        print(f"  {name:<40} {value:8.3f}")
 
     times = stage_times(engine, image, mask, seeds, reps=10)
     total = sum(t[0] for t in times.values())
