@@ -54,19 +54,18 @@ def _selected(
     ``op`` maps a tuple of batches (and their parameters) to a tuple of batches. ``where``: run on
     the whole batch and keep the result where ``on`` (no host sync, static shapes). ``subset``:
     gather the samples where ``on``, run, scatter back (``nonzero`` reads ``on`` on the host: free
-    on a CPU, a sync on CUDA).
+    on a CPU, a sync on CUDA); when most samples are on, gathering and scattering cost more than
+    the op saves, so it runs as ``where``.
     """
-    if mode == "where":
+    index = None if mode == "where" else on.nonzero().flatten()
+    if index is None or 2 * index.numel() > tensors[0].shape[0]:
         keep = on.view(-1, 1, 1, 1)
         return tuple(
             torch.where(keep, new, old)
             for new, old in zip(op(tensors, params), tensors, strict=True)
         )
-    index = on.nonzero().flatten()
     if index.numel() == 0:
         return tensors
-    if index.numel() == tensors[0].shape[0]:
-        return op(tensors, params)
     new = op(tuple(t[index] for t in tensors), params.select(index))
     return tuple(old.index_copy(0, index, n) for old, n in zip(tensors, new, strict=True))
 
