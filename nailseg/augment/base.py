@@ -3,9 +3,11 @@
 Shape contract (checked at the boundaries, written once here):
 
 - In DataLoader workers a backend receives one decoded, resized sample: image ``uint8``
-  ``(H, W, 3)`` and mask ``uint8`` ``(H, W)`` in ``{0, 1}``, plus the sample's seed.
-- On the device it receives the batch and returns image ``float32`` ``(B, 3, H, W)``, normalised,
-  and mask ``float32`` ``(B, 1, H, W)`` in ``{0, 1}``.
+  ``(H, W, 3)`` and mask ``uint8`` ``(H, W)`` in ``{0, 1}`` (or the void value
+  ``data.ignore_index``, which masks keep through every transform), plus the sample's seed.
+- On the device it receives the batch (``uint8``, from workers or ``data.cache=device``) and
+  returns the image ``(B, 3, H, W)`` normalised, in the dtype the model computes in, and the mask
+  ``float32`` ``(B, 1, H, W)`` with the same values.
 """
 
 from __future__ import annotations

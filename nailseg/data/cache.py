@@ -1,4 +1,4 @@
-"""A cache of decoded, resized ``uint8`` images and ``{0, 1}`` masks, so later epochs skip decoding.
+"""A cache of decoded, resized ``uint8`` images and binary masks, so later epochs skip decoding.
 
 ``data.cache``:
 
@@ -19,8 +19,8 @@
   backends that augment on the device (``aug=kornia_gpu``, ``aug=none``).
 
 The key of an entry is a hash of both files' identity (resolved path, size, mtime), the target
-size and the mask threshold, so an edited file, another resolution or another mask rule never
-reads a stale entry.
+size, the mask rule (threshold, foreground labels, void value) and ``data.image_scale``, so an
+edited file, another resolution or another rule never reads a stale entry.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nailseg.data.masks import MaskRule
 from nailseg.data.pairs import Pair
 from nailseg.errors import ConfigError
 
@@ -44,10 +45,17 @@ def _identity(path: Path) -> str:
     return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def cache_key(pair: Pair, image_size: Sequence[int], threshold: float) -> str:
-    """A hash of what a cached sample depends on."""
-    text = f"{_identity(pair.image)}\n{_identity(pair.mask)}\n{tuple(image_size)}\n{threshold:g}"
+def cache_key(pair: Pair, image_size: Sequence[int], rule: float | str) -> str:
+    """A hash of what a cached sample depends on; ``rule`` is a mask threshold, or the text of
+    :func:`decoding_rule`."""
+    rule_text = f"{rule:g}" if isinstance(rule, int | float) else str(rule)
+    text = f"{_identity(pair.image)}\n{_identity(pair.mask)}\n{tuple(image_size)}\n{rule_text}"
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+def decoding_rule(mask_rule: MaskRule, image_scale: str) -> str:
+    """The decoding rule of a cached sample in words: the mask rule and ``data.image_scale``."""
+    return f"{mask_rule.key}|image_scale={image_scale}"
 
 
 class DecodeCache:

@@ -16,6 +16,7 @@ from nailseg.augment.base import AugmentBackend, NoAugment
 from nailseg.data.cache import DecodeCache, make_cache
 from nailseg.data.dataset import SegmentationDataset
 from nailseg.data.device import DeviceBatches, check_backend, check_fits, split_bytes, stack_split
+from nailseg.data.io import check_image_scale
 from nailseg.data.pairs import Pair
 from nailseg.data.sampler import EpochSeededSampler
 from nailseg.data.split import SPLITS, load_or_create_split, split_key, write_split
@@ -65,6 +66,48 @@ def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def check_ignore_index(ignore_index: Any) -> int | None:
+    """``data.ignore_index``: ``None`` or an integer 2..255 (masks are ``uint8``; 0 and 1 are the
+    classes)."""
+    if ignore_index is None:
+        return None
+    if (
+        isinstance(ignore_index, bool)
+        or not isinstance(ignore_index, int)
+        or not (2 <= ignore_index <= 255)
+    ):
+        raise ConfigError(
+            f"data.ignore_index={ignore_index!r} is invalid: give the mask value that marks void"
+            " pixels, an integer from 2 to 255 (Pascal VOC uses 255), or null for none."
+        )
+    return ignore_index
+
+
+def check_foreground(
+    foreground: Any, mask_threshold: float | None, ignore_index: int | None
+) -> tuple[int, ...] | None:
+    """``data.foreground``: ``None``, or mask values (a list, or one value) that are foreground."""
+    if foreground is None:
+        return None
+    values = foreground if isinstance(foreground, list | tuple) else [foreground]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ConfigError(
+            f"data.foreground={foreground!r} is invalid: list the mask values that are"
+            " foreground, e.g. data.foreground=[1,2], or set it to null."
+        )
+    if mask_threshold is not None:
+        raise ConfigError(
+            f"data.foreground={list(values)} and data.mask_threshold={mask_threshold} both say"
+            " which mask values are foreground: keep one and set the other to null."
+        )
+    if ignore_index is not None and ignore_index in values:
+        raise ConfigError(
+            f"data.foreground={list(values)} includes the void value data.ignore_index="
+            f"{ignore_index}. Set data.ignore_index=null if {ignore_index} marks foreground."
+        )
+    return tuple(int(v) for v in values)
+
+
 class SegmentationDataModule(pl.LightningDataModule):
     """Data for binary segmentation.
 
@@ -84,6 +127,14 @@ class SegmentationDataModule(pl.LightningDataModule):
         split_dir: where split CSVs are written and reused.
         mask_threshold: foreground = value > threshold (``null``: chosen per data set, see
             :mod:`nailseg.data.masks`); the rule used is in :attr:`mask_rule`.
+        foreground: the mask values that are foreground, e.g. ``[1, 2]`` for label masks
+            (``null``: by threshold). Not together with ``mask_threshold``.
+        ignore_index: the void value of index masks (Pascal VOC's 255 border): such pixels stay
+            in the masks with this value and the losses and metrics leave them out (the loss
+            configs read ``${data.ignore_index}``). ``null``: no void value. In 8-bit masks 255
+            is a gray level, never void.
+        image_scale: how 16-bit images become 8-bit: ``max`` divides by 65535, ``range``
+            stretches each image's own min..max (:func:`nailseg.data.io.to_uint8`).
         images: image folder (``data=folder``).
         masks: mask folder (``data=folder``).
         file: list file of pairs (``data=csv``).
@@ -126,6 +177,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         cache_dir: str | Path | None = "data/cache",
         on_invalid: str = "error",
         device_cache_share: float = 0.5,
+        foreground: int | Sequence[int] | None = None,
+        ignore_index: int | None = 255,
+        image_scale: str = "max",
     ) -> None:
         super().__init__()
         self.source, self.root = source, root
@@ -136,6 +190,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.valid_fraction, self.test_fraction = valid_fraction, test_fraction
         self.seed, self.split_dir = int(seed), Path(split_dir)
         self.mask_threshold = mask_threshold
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.foreground = check_foreground(foreground, mask_threshold, self.ignore_index)
+        self.image_scale = check_image_scale(image_scale)
         self.images, self.masks, self.file = images, masks, file
         self.on_invalid = on_invalid
         self.cache: DecodeCache = make_cache(cache, cache_dir)
@@ -170,6 +227,9 @@ class SegmentationDataModule(pl.LightningDataModule):
                 self.on_invalid,
                 self.image_size,
                 self.cache,
+                foreground=self.foreground,
+                ignore_index=self.ignore_index,
+                image_scale=self.image_scale,
             )
             self.mask_rule = self.report.rule.description
             log.info(
@@ -219,13 +279,26 @@ class SegmentationDataModule(pl.LightningDataModule):
                 " images between epochs. Raise data.valid_fraction or add data if you can.",
                 n_valid,
             )
-        threshold = report.rule.threshold
         for name, members in self.splits.items():
             if members:
                 transform = self.augment.sample_transform(train=name == "train")
                 self.datasets[name] = SegmentationDataset(
-                    members, self.image_size, transform, threshold, self.cache
+                    members,
+                    self.image_size,
+                    transform,
+                    cache=self.cache,
+                    mask_rule=report.rule,
+                    image_scale=self.image_scale,
                 )
+
+    @property
+    def void_value(self) -> int | None:
+        """The value void pixels hold in the masks (``None``: the data has none), once checked."""
+        return (
+            None
+            if self.report is None or self.report.rule is None
+            else self.report.rule.ignore_index
+        )
 
     @property
     def has_test(self) -> bool:

@@ -1,7 +1,7 @@
 """``data.cache=device``: every split on the model's device, batches gathered there by index.
 
 The DataModule stacks each split's decoded, resized ``uint8`` samples (images ``(N, 3, H, W)``,
-masks ``(N, 1, H, W)`` in ``{0, 1}``) once and moves them to the device once
+masks ``(N, 1, H, W)`` in ``{0, 1}`` and the void value) once and moves them to the device once
 (:func:`stack_split`). :class:`DeviceBatches` then stands in for the DataLoader: per epoch it
 asks the same :class:`~nailseg.data.sampler.EpochSeededSampler` for the ``(index, seed)`` order,
 copies that order to the device once, and per step slices it and ``index_select``\\ s the stored

@@ -78,7 +78,19 @@ class ListFileSource:
             raise DataError(f"List file not found: {self.file}. Set data.file=/path/to/pairs.csv.")
         if self.file.suffix.lower() in (".csv", ".tsv"):
             sep = "\t" if self.file.suffix.lower() == ".tsv" else ","
-            frame = pd.read_csv(self.file, sep=sep, dtype=str, keep_default_na=False)
+            try:
+                frame = pd.read_csv(self.file, sep=sep, dtype=str, keep_default_na=False)
+            except pd.errors.EmptyDataError as err:
+                raise DataError(
+                    f"List file {self.file} is empty. Write a header row"
+                    f" ({sep.join(('image', 'mask', 'split'))}) and one row per image/mask pair."
+                ) from err
+            except (pd.errors.ParserError, UnicodeDecodeError) as err:
+                raise DataError(
+                    f"Cannot read the list file {self.file} as a"
+                    f" {self.file.suffix.lstrip('.').upper()}: {err}. Write a header row"
+                    " (image,mask[,split][,group]) and one row per image/mask pair."
+                ) from err
             missing = [self.columns[c] for c in ("image", "mask") if self.columns[c] not in frame]
             if missing:
                 raise DataError(
@@ -91,8 +103,15 @@ class ListFileSource:
                 {key: str(row.get(column, "")) for key, column in self.columns.items()}
                 for row in frame.to_dict("records")
             ]
+        try:
+            text = self.file.read_text()
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"Cannot read the list file {self.file} as text: {err}. Write one"
+                " 'image mask [split]' line per pair."
+            ) from err
         rows = []
-        for number, line in enumerate(self.file.read_text().splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             fields = line.split()
             if not fields or fields[0].startswith("#"):
                 continue

@@ -46,11 +46,25 @@ class Scan:
     unused: list[tuple[Pair, str]] = field(default_factory=list)
 
 
+def hidden(relative: Path) -> bool:
+    """Whether a path (relative to the scanned folder) is hidden: a name starting with ``.``,
+    such as macOS's ``.DS_Store`` and ``._photo.png`` AppleDouble files (metadata, not images) or
+    a ``.ipynb_checkpoints/`` folder."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def _files_by_key(folder: Path) -> dict[Path, Path]:
-    """Map ``relative/parent/stem`` to the file, for every image file under ``folder``."""
+    """Map ``relative/parent/stem`` to the file, for every image file under ``folder``.
+
+    Hidden files and folders (:func:`hidden`) are skipped.
+    """
     files: dict[Path, Path] = {}
+    skipped = 0
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            if hidden(path.relative_to(folder)):
+                skipped += 1
+                continue
             key = path.relative_to(folder).with_suffix("")
             if key in files:
                 raise DataError(
@@ -58,6 +72,8 @@ def _files_by_key(folder: Path) -> dict[Path, Path]:
                     f"{path.name}. Keep one of them so each image has exactly one mask."
                 )
             files[key] = path
+    if skipped:
+        log.info("Skipped %d hidden file(s) under %s (names starting with '.')", skipped, folder)
     return files
 
 

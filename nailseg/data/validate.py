@@ -1,10 +1,13 @@
 """The data check that runs before training (and as ``nailseg check-data``).
 
-It decodes every file once and reports: the number of pairs, images without masks and masks
-without images, unreadable or corrupt files, image/mask size mismatches, masks with unexpected
-values (problems: training stops with a :class:`DataError` listing the files and the fix, or with
+It decodes every file once and reports: the number of pairs, the mask values found and the rule
+chosen for them (:mod:`nailseg.data.masks`), how 16-bit images are scaled, images without masks
+and masks without images, unreadable or corrupt files (also images over Pillow's
+decompression-bomb limit), image/mask size mismatches, masks with unexpected values (problems:
+training stops with a :class:`DataError` listing the files and the fix, or with
 ``data.on_invalid=skip`` drops those pairs, listing each), and grayscale or RGBA images,
-all-background masks and differing EXIF orientations (warnings: logged, nothing dropped).
+all-background masks, masks with only background and void, dark 16-bit images and differing EXIF
+orientations (warnings: logged, nothing dropped).
 
 The decoded arrays are not thrown away: resized to the training size they fill the decode cache
 (:mod:`nailseg.data.cache`), so the first epoch does not decode again.
@@ -21,17 +24,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from nailseg.data.cache import DecodeCache, cache_key
+from nailseg.data.cache import DecodeCache, cache_key, decoding_rule
 from nailseg.data.io import (
-    binarize_mask,
-    image_array,
+    check_image_scale,
+    decode_image,
     mask_values,
     open_file,
     orientation,
     resize_pair,
+    stored_bits,
     upright,
 )
-from nailseg.data.masks import MaskRule, MaskStats, choose_rule
+from nailseg.data.masks import MaskRule, MaskStats, choose_rule, describe_values
 from nailseg.data.pairs import Pair, Scan
 from nailseg.errors import ConfigError, DataError
 
@@ -44,11 +48,22 @@ PROBLEMS = {
     "masks without images": "add the images or remove the masks",
     "unreadable files": "replace the files with readable images or remove the pairs",
     "size mismatches": "resize or redraw the masks to their image's size",
-    "unexpected mask values": "save binary masks (0/255 or 0/1), or set data.mask_threshold",
+    "unexpected mask values": (
+        "save binary masks (0/255 or 0/1), or say which values are foreground with"
+        " data.foreground=[...] or data.mask_threshold"
+    ),
 }
 WARNINGS = {
     "grayscale or RGBA images": "converted to RGB (gray replicated, alpha dropped)",
     "all-background masks": "kept as negative examples; check they are not missing annotations",
+    "masks with only background and void": (
+        "the void value (data.ignore_index) is left out of training; if it marks foreground in"
+        " these masks, set data.ignore_index=null"
+    ),
+    "dark 16-bit images": (
+        "their values use 1/16 of the 16-bit range or less, so data.image_scale=max leaves them"
+        " nearly black; data.image_scale=range stretches each image's own range"
+    ),
     "EXIF orientation differs": "each file is turned upright by its own tag; check they line up",
 }
 SHOWN = 5
@@ -63,6 +78,7 @@ class _Decoded:
     values: np.ndarray | None = None
     stats: MaskStats | None = None
     size: tuple[int, int] | None = None
+    bits: int = 8
     problems: dict[str, str] = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)
 
@@ -79,6 +95,10 @@ class DataReport:
     dropped: list[str] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     n_found: int = 0
+    mask_values: str = ""
+    # Usable images with more than 8 bits per channel, and how they become 8-bit.
+    deep_images: int = 0
+    image_scale: str = "max"
 
     @property
     def ok(self) -> bool:
@@ -90,8 +110,20 @@ class DataReport:
         lines = [
             f"Data check of {self.source}: {self.n_found} pair(s) found, {len(self.pairs)} usable"
         ]
+        if self.mask_values:
+            lines.append(f"  mask values: {self.mask_values}")
         if self.rule is not None:
             lines.append(f"  mask rule: {self.rule.description}")
+        if self.deep_images:
+            how = (
+                "each stretched from its own min..max to 0..255"
+                if self.image_scale == "range"
+                else "divided by 65535 to 0..255"
+            )
+            lines.append(
+                f"  16-bit images: {self.deep_images} of {len(self.pairs)}, {how}"
+                f" (data.image_scale={self.image_scale})"
+            )
         if self.sizes:
             areas = [h * w for h, w in self.sizes]
             small, large = self.sizes[int(np.argmin(areas))], self.sizes[int(np.argmax(areas))]
@@ -113,7 +145,12 @@ class DataReport:
         return "\n".join(lines)
 
 
-def _decode(pair: Pair, image_size: Sequence[int] | None) -> _Decoded:
+def _decode(
+    pair: Pair,
+    image_size: Sequence[int] | None,
+    ignore_index: int | None = None,
+    image_scale: str = "max",
+) -> _Decoded:
     result = _Decoded(pair)
     try:
         raw_image = open_file(pair.image)
@@ -132,7 +169,11 @@ def _decode(pair: Pair, image_size: Sequence[int] | None) -> _Decoded:
         result.warnings["EXIF orientation differs"] = (
             f"{pair.image} has EXIF orientation {tags[0]}, its mask {pair.mask} has {tags[1]}"
         )
-    image, values = image_array(upright(raw_image)), mask_values(upright(raw_mask))
+    image, values = decode_image(raw_image, image_scale), mask_values(upright(raw_mask))
+    result.bits = stored_bits(raw_image)
+    # Under "max", 16-bit values up to 4095 (12-bit data) come out at 16 or less.
+    if result.bits > 8 and image_scale == "max" and image.max(initial=0) <= 16:
+        result.warnings["dark 16-bit images"] = f"{pair.image} (largest value {image.max()}/255)"
     if image.shape[:2] != values.shape[:2]:
         note = " (EXIF orientations differ)" if tags[0] != tags[1] else ""
         result.problems["size mismatches"] = (
@@ -140,7 +181,7 @@ def _decode(pair: Pair, image_size: Sequence[int] | None) -> _Decoded:
             f" {values.shape[1]}x{values.shape[0]}{note}"
         )
         return result
-    result.stats, result.size = MaskStats.of(values), image.shape[:2]
+    result.stats, result.size = MaskStats.of(values, ignore_index), image.shape[:2]
     if image_size is not None:
         result.image, result.values = resize_pair(image, values, image_size)
     return result
@@ -160,6 +201,9 @@ def check_pairs(
     image_size: Sequence[int] | None = None,
     cache: DecodeCache | None = None,
     workers: int | None = None,
+    foreground: Sequence[float] | None = None,
+    ignore_index: int | None = None,
+    image_scale: str = "max",
 ) -> DataReport:
     """Decode every pair once, choose the mask rule and report what is wrong.
 
@@ -171,6 +215,10 @@ def check_pairs(
         image_size: training ``(height, width)``; with ``cache``, decoded pairs are stored.
         cache: the decode cache to fill.
         workers: decoding threads (Pillow and OpenCV release the GIL while decoding).
+        foreground: ``data.foreground``, the mask values that are foreground (``None``: by
+            threshold).
+        ignore_index: ``data.ignore_index``, the void value of index masks (``None``: no void).
+        image_scale: ``data.image_scale``, how 16-bit images become 8-bit.
 
     Raises:
         DataError: on problems with ``on_invalid=error``, when no pair is left, or when every
@@ -180,9 +228,11 @@ def check_pairs(
         raise ConfigError(
             f"Unknown data.on_invalid={on_invalid!r}. Options: {', '.join(ON_INVALID)}."
         )
+    check_image_scale(image_scale)
     keep_arrays = cache is not None and cache.kind != "none" and image_size is not None
     workers = workers or min(4, os.cpu_count() or 1)
-    decode: Callable[[Pair], _Decoded] = lambda p: _decode(p, image_size if keep_arrays else None)  # noqa: E731
+    size = image_size if keep_arrays else None
+    decode: Callable[[Pair], _Decoded] = lambda p: _decode(p, size, ignore_index, image_scale)  # noqa: E731
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Decoding every file is the long phase of the check on a large data set.
         progress = tqdm(pool.map(decode, scan.pairs), total=len(scan.pairs), desc="checking data")
@@ -193,16 +243,19 @@ def check_pairs(
     problems["images without masks"] = [str(p) for p in scan.images_without_masks]
     problems["masks without images"] = [str(p) for p in scan.masks_without_images]
     readable = [d for d in decoded if d.stats is not None]
-    rule = choose_rule([d.stats for d in readable], mask_threshold) if readable else None
+    stats = [d.stats for d in readable]
+    rule = choose_rule(stats, mask_threshold, foreground, ignore_index) if readable else None
     for item in decoded:
         if item.stats is not None and rule is not None:
             why = rule.unexpected(item.stats)
             if why:
                 item.problems["unexpected mask values"] = f"{item.pair.mask}: {why}"
-            elif item.stats.kind == "empty" or (
-                item.stats.kind == "8-bit" and item.stats.max_value <= rule.threshold
-            ):
-                item.warnings["all-background masks"] = str(item.pair.mask)
+            elif not rule.has_foreground(item.stats):
+                void = rule.void and item.stats.void_fraction > 0
+                kind = "masks with only background and void" if void else "all-background masks"
+                item.warnings[kind] = str(item.pair.mask) + (
+                    f" ({item.stats.void_fraction:.0%} void)" if void else ""
+                )
         for kind, text in item.problems.items():
             problems[kind].append(text)
         for kind, text in item.warnings.items():
@@ -217,6 +270,9 @@ def check_pairs(
         warnings,
         sizes=[d.size for d in good if d.size],
         n_found=len(scan.pairs),
+        mask_values=describe_values(stats, rule, ignore_index) if rule is not None else "",
+        deep_images=sum(d.bits > 8 for d in good),
+        image_scale=image_scale,
     )
     report.dropped = [f"{p.image}: not used ({why})" for p, why in scan.unused]
     if not report.ok:
@@ -232,15 +288,17 @@ def check_pairs(
         log.warning("Dropped %s", line)
     if not report.pairs:
         raise DataError(f"No usable image/mask pair in {source}.\n{report.format(full=False)}")
-    if len(warnings["all-background masks"]) == len(report.pairs):
+    empty = warnings["all-background masks"] + warnings["masks with only background and void"]
+    if len(empty) == len(report.pairs):
         raise DataError(
             f"Every mask in {source} is all background under the rule '{rule.description}'."
-            " Check that data.masks points at the masks, or set data.mask_threshold."
+            " Check that data.masks points at the masks, or set data.mask_threshold or"
+            " data.foreground."
         )
     if keep_arrays and rule is not None:
         for item in good:
-            key = cache_key(item.pair, image_size, rule.threshold)
-            cache.put(key, item.image, binarize_mask(item.values, rule.threshold))
+            key = cache_key(item.pair, image_size, decoding_rule(rule, image_scale))
+            cache.put(key, item.image, rule.apply(item.values))
     return report
 
 

@@ -3,10 +3,12 @@
 ::
 
     root/JPEGImages/<name>.jpg
-    root/SegmentationClass/<name>.png       (or Annotations/: palette PNGs, values 0/1)
+    root/SegmentationClass/<name>.png       (or Annotations/: palette PNGs, values 0/1, 255 = void)
     root/ImageSets/Segmentation/train.txt   one <name> per line; also val.txt, test.txt
 
-A pair listed in no split file is reported as unused, not silently dropped.
+A pair listed in no split file is reported as unused, not silently dropped. The 255 void border
+is left out of training and label masks with several classes need ``data.foreground``
+(:mod:`nailseg.data.masks`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
+from nailseg.errors import ConfigError
+from nailseg.model.losses import ignore_index_of
+
 STAGES = ("val", "test")
 
 
@@ -20,9 +23,17 @@ class SegmentationModule(pl.LightningModule):
     Metrics accumulate confusion counts over the whole epoch (dataset-level IoU and Dice, not a
     mean of per-batch values); losses are means weighted by batch size.
 
+    Void pixels: masks may hold a void value besides 0 and 1 (``data.ignore_index``, see
+    :mod:`nailseg.data.masks`). The loss leaves them out (every ``conf/loss`` option sets its
+    ``ignore_index`` to ``${data.ignore_index}``), and the metrics take the same value from the
+    loss (:func:`~nailseg.model.losses.ignore_index_of`), so one config value drives both; a
+    void pixel counts as neither foreground nor background. Before fitting, :meth:`setup` checks
+    that the loss leaves out the void value the data holds.
+
     Args:
         net: maps images ``(B, 3, H, W)`` to logits ``(B, 1, H, W)``.
-        loss: ``loss(logits, target)`` with target ``(B, 1, H, W)`` in ``{0, 1}``.
+        loss: ``loss(logits, target)`` with target ``(B, 1, H, W)`` in ``{0, 1}`` (and its
+            ``ignore_index`` for void pixels).
         optimizer: partial taking ``params``.
         scheduler: partial taking ``optimizer``, or ``None`` for a constant learning rate.
         threshold: probability above which a pixel is foreground for the metrics.
@@ -39,6 +50,7 @@ class SegmentationModule(pl.LightningModule):
         super().__init__()
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.ignore_index = ignore_index_of(loss)
         # Keys carry a suffix: ModuleDict keys may not shadow Module attributes such as `train`.
         # nan_strategy="disable": the default checks every update for NaN on the host, a device
         # sync per training step (a NaN loss then shows as a NaN epoch mean, which is honest).
@@ -49,14 +61,28 @@ class SegmentationModule(pl.LightningModule):
             {
                 stage: MetricCollection(
                     {
-                        "iou": BinaryJaccardIndex(threshold=threshold),
-                        "dice": BinaryF1Score(threshold=threshold),
+                        "iou": BinaryJaccardIndex(
+                            threshold=threshold, ignore_index=self.ignore_index
+                        ),
+                        "dice": BinaryF1Score(threshold=threshold, ignore_index=self.ignore_index),
                     },
                     prefix=f"{stage}/",
                 )
                 for stage in STAGES
             }
         )
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        void = getattr(datamodule, "void_value", None)
+        if void is not None and void != self.ignore_index:
+            raise ConfigError(
+                f"The masks hold void pixels (value {void}, data.ignore_index) but the loss"
+                f" {type(self.loss).__name__} leaves out"
+                f" {'no value' if self.ignore_index is None else self.ignore_index}, so it would"
+                f" train on them as targets. Set loss.ignore_index={void} (the loss configs"
+                " read ${data.ignore_index}), or data.ignore_index=null if the value is not void."
+            )
 
     def forward(self, image: Tensor) -> Tensor:
         return self.net(image)
