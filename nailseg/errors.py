@@ -27,3 +27,13 @@ def user_error(err: BaseException) -> NailsegError | None:
     while cause is not None and not isinstance(cause, NailsegError):
         cause = cause.__cause__
     return cause
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM. Its record says ``interrupted``; the message
+    says how to continue it. A ``KeyboardInterrupt``, so a caller's Ctrl-C handling still applies.
+    """
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -16,10 +16,13 @@ its parameters and regenerated only when those change.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,6 +83,11 @@ class SyntheticParams:
 def generate_dataset(root: Path | str, count: int, image_size: int, seed: int) -> Path:
     """Generate (or reuse) the synthetic set and return its folder.
 
+    Safe for concurrent runs: one process draws the set into a temporary sibling and renames it
+    into place while holding a lock next to it; the others wait for the lock and then reuse the
+    finished set. A complete set is never deleted or replaced, so a run that is already reading
+    it keeps every file.
+
     Args:
         root: parent folder; the set goes into ``root/<folder named after the parameters>``.
         count: number of image/mask pairs, spread evenly over the four groups.
@@ -88,32 +96,69 @@ def generate_dataset(root: Path | str, count: int, image_size: int, seed: int) -
     """
     params = SyntheticParams(count=int(count), image_size=int(image_size), seed=int(seed))
     target = Path(root) / params.folder_name()
-    stamp = target / "params.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == asdict(params):
+    if _is_complete(target, params):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary sibling and rename, so parallel runs never see a half-written set.
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
-    for index in tqdm(range(params.count), desc=f"generating synthetic nails ({target.name})"):
+    with _exclusive_lock(target.parent / f".{target.name}.lock", target):
+        # Another run may have finished the set while this one waited for the lock.
+        if _is_complete(target, params):
+            return target
+        # Whoever holds the lock is the only writer: any staging folder of this set is left
+        # over from a run that was killed while drawing it.
+        for stale in target.parent.glob(f".{target.name}.staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+        try:
+            _draw_into(staging, params, target.name)
+            if target.exists():  # incomplete (no or other params.json): never returned, unread
+                shutil.rmtree(target)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    log.info("Synthetic data set ready: %s", target)
+    return target
+
+
+def _is_complete(target: Path, params: SyntheticParams) -> bool:
+    """Whether ``target`` holds a finished set of ``params`` (its stamp is written last)."""
+    try:
+        return json.loads((target / "params.json").read_text()) == asdict(params)
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path, target: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed; never deleted, so two runs
+    can never lock two different files of the same name)."""
+    with open(path, "a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Waiting for another run that is generating %s", target)
+            fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _draw_into(folder: Path, params: SyntheticParams, name: str) -> None:
+    """Draw every sample into ``folder``; its ``params.json`` stamp last."""
+    for index in tqdm(range(params.count), desc=f"generating synthetic nails ({name})"):
         group = GROUPS[index % len(GROUPS)]
         image, mask = draw_sample(params.seed, index, params.image_size, group)
-        name = f"{index:05d}.png"
+        file_name = f"{index:05d}.png"
         for sub, array in (
             ("Images", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)),
             ("Masks", mask * 255),
         ):
-            folder = staging / sub / group
-            folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(folder / name), array)
-    (staging / "params.json").write_text(json.dumps(asdict(params), indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first; its set is identical
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("Synthetic data set ready: %s", target)
-    return target
+            sub_folder = folder / sub / group
+            sub_folder.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(sub_folder / file_name), array):
+                raise OSError(f"Cannot write {sub_folder / file_name}.")
+    (folder / "params.json").write_text(json.dumps(asdict(params), indent=2))
 
 
 def draw_sample(seed: int, index: int, size: int, group: str) -> tuple[np.ndarray, np.ndarray]:

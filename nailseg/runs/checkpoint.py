@@ -5,6 +5,8 @@
 * :class:`RNGStateCallback` stores the global torch/numpy/python RNG states in every checkpoint
   and restores them on resume. Lightning does not; our data and augmentation do not draw from
   the global RNGs, but layers such as dropout do.
+* :func:`stale_temp_files` and :func:`orphan_checkpoints` find what a kill during a checkpoint
+  write leaves behind, so that resuming can remove it.
 
 Both keep checkpoints loadable with ``torch.load(weights_only=True)``: tensors and plain Python
 values only.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,10 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+TEMP_SUFFIX = ".tmp"
+# AtomicCheckpointIO's temp files: ".<name>.<pid>.tmp".
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)" + re.escape(TEMP_SUFFIX))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -44,7 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
         try:
             with open(tmp, "wb") as file:
                 torch.save(checkpoint, file)
@@ -99,3 +107,105 @@ class RNGStateCallback(pl.Callback):
             states = state_dict["cuda"]
             if len(states) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all([s.cpu() for s in states])
+
+
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A checkpoint's contents, memory-mapped (tensors are not read until used).
+
+    Raises:
+        Exception: whatever ``torch.load`` raises for a truncated, damaged or pickled file.
+    """
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_temp_files(folder: Path) -> list[Path]:
+    """Temp files of :class:`AtomicCheckpointIO` in ``folder`` whose writing process is gone.
+
+    A kill during a write leaves ``.<name>.<pid>.tmp`` (as large as a checkpoint). The file of a
+    process that still exists on this machine may be being written, so it is never listed.
+    """
+    if not folder.is_dir():
+        return []
+    return [
+        path
+        for path in sorted(folder.glob(f".*{TEMP_SUFFIX}"))
+        if (match := _TEMP_NAME.fullmatch(path.name))
+        and path.is_file()
+        and not _process_exists(int(match["pid"]))
+    ]
+
+
+def recorded_checkpoints(state: dict[str, Any]) -> set[str]:
+    """Every file a checkpoint's ModelCheckpoint states know: best, k-th best, last, top-k."""
+    paths: set[str] = set()
+    for key, callback in (state.get("callbacks") or {}).items():
+        if not str(key).startswith("ModelCheckpoint") or not isinstance(callback, dict):
+            continue
+        paths.update(str(p) for p in (callback.get("best_k_models") or {}))
+        for field in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if callback.get(field):
+                paths.add(str(callback[field]))
+    return paths
+
+
+def filename_pattern(template: str | None) -> re.Pattern[str]:
+    """The names a ModelCheckpoint ``filename`` template produces (``-vN`` versions included).
+
+    Examples:
+        >>> bool(filename_pattern("epoch{epoch:03d}-iou{val/iou:.4f}").fullmatch(
+        ...     "epoch002-iou0.5000-v1.ckpt"))
+        True
+        >>> bool(filename_pattern("epoch{epoch:03d}-iou{val/iou:.4f}").fullmatch("mine.ckpt"))
+        False
+    """
+    parts = re.split(r"\{[^{}]*\}", template or "{epoch}-{step}")
+    return re.compile(".+".join(map(re.escape, parts)) + r"(?:-v\d+)?\.ckpt")
+
+
+def orphan_checkpoints(
+    last: Path, step: int, known: set[str], topk: Iterable[tuple[Path, str | None]]
+) -> list[Path]:
+    """Top-k checkpoints written after ``last`` that ``last`` does not know.
+
+    The top-k callback writes its file before ``last.ckpt`` is written; a kill between the two
+    leaves a top-k file that the resumed run, restoring the top-k state from ``last.ckpt``, never
+    tracks or deletes (it writes that epoch's file again, as ``-v1``). A file is an orphan only
+    if all of these hold, so a checkpoint of the run that ``last`` knows, or any file the top-k
+    callback did not write, is never listed:
+
+    * it lies in a top-k callback's folder and has a name that callback's template produces;
+    * ``last``'s ModelCheckpoint states do not name it (``known``, real paths);
+    * it loads, and its ``global_step`` is beyond ``step``, that of ``last``.
+
+    Args:
+        last: the checkpoint resumed from.
+        step: its ``global_step``.
+        known: the real paths its ModelCheckpoint states name (:func:`recorded_checkpoints`).
+        topk: ``(dirpath, filename template)`` of each top-k (monitored) ModelCheckpoint.
+    """
+    known = known | {os.path.realpath(last)}
+    orphans = []
+    for folder, template in topk:
+        pattern = filename_pattern(template)
+        for path in sorted(Path(folder).glob("*.ckpt")) if Path(folder).is_dir() else []:
+            if os.path.realpath(path) in known or not pattern.fullmatch(path.name):
+                continue
+            try:
+                later = int(read_checkpoint(path).get("global_step", -1)) > step
+            except Exception:  # noqa: BLE001 - unreadable: not written by us (atomic), keep it
+                continue
+            if later:
+                orphans.append(path)
+    return orphans

@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,14 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically: a crash leaves the previous file, never half of a new one."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Write ``config.resolved.yaml`` (every interpolation resolved), atomically."""
+    path = run_dir / RESOLVED_CONFIG
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
     os.replace(tmp, path)
 
 
@@ -188,8 +197,7 @@ class RunRecord:
         """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(resolved))
+        write_config(run_dir, cfg)
         hydra = hydra or {}
         snapshot = run_dir / CONF_SNAPSHOT
         if not snapshot.exists():
@@ -218,12 +226,27 @@ class RunRecord:
         return record
 
     @classmethod
-    def reopen(cls, run_dir: Path | str, **resume: Any) -> RunRecord:
-        """Continue an interrupted run's record; ``resume`` fields go to its ``resumes`` list."""
+    def reopen(
+        cls,
+        run_dir: Path | str,
+        relocate: Callable[[Any], Any] | None = None,
+        **resume: Any,
+    ) -> RunRecord:
+        """Continue an interrupted run's record; ``resume`` fields go to its ``resumes`` list.
+
+        Args:
+            run_dir: the run's dir.
+            relocate: for a run that was moved or copied, moves the recorded paths (run dir,
+                checkpoints, earlier resumes) to where it is now.
+            resume: fields of this resume's entry.
+        """
         run_dir = Path(run_dir)
         data = read_run(run_dir)
+        if relocate is not None:
+            data = relocate(data)
         data.setdefault("resumes", []).append({"at": _now(), **resume})
         data.update(status="running", ended_at=None, error=None)
+        data.pop("resume_command", None)  # an interruption's; set again if this one is stopped
         record = cls(run_dir, data)
         record.save()
         return record

@@ -1,28 +1,42 @@
 """Resuming an interrupted run: ``python train.py resume=RUN_DIR``.
 
-The run continues in its own dir, from its ``last.ckpt``, with its recorded config
+The run continues in its own dir, from its ``last.ckpt`` (or from the checkpoint file that
+``resume=RUN_DIR/checkpoints/FILE.ckpt`` names), with its recorded config
 (``config.resolved.yaml``), not with whatever ``conf/`` says today. Command-line overrides next
 to ``resume=`` must agree with the recorded run; anything else is refused, because a resumed
 run that trains differently from how it started is a new experiment (``nailseg rerun``).
+
+A run dir that was moved or copied is resumed where it is now: every recorded path under its
+old location (config, ``run.json``, the checkpoint callbacks' state) is moved under the new one,
+so nothing is written to, or read from, the old dir. What a kill during a checkpoint write left
+behind is removed first (:func:`tidy_checkpoints`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import os
+import shlex
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from nailseg.errors import ConfigError
-from nailseg.runs.record import find_run_dir, read_config, read_run
+from nailseg.runs.checkpoint import (
+    orphan_checkpoints,
+    read_checkpoint,
+    recorded_checkpoints,
+    stale_temp_files,
+)
+from nailseg.runs.record import RUN_JSON, find_run_dir, read_config, read_run
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +44,129 @@ RESUME_KEY = "resume"
 LAST_CHECKPOINT = "last.ckpt"
 
 
+def resume_command(run: Path | str) -> str:
+    """The command that continues ``run`` (a run dir, or a checkpoint file in one)."""
+    return f"python train.py {RESUME_KEY}={shlex.quote(str(run))}"
+
+
+def relocate(value: Any, old_dirs: Sequence[str], new_dir: str) -> Any:
+    """``value`` with every path string under one of ``old_dirs`` moved under ``new_dir``.
+
+    Walks dicts (keys too), lists and tuples; anything else is returned as it is.
+
+    Examples:
+        >>> relocate({"a": "/r/old/ckpt", "b": ["/r/older"]}, ["/r/old"], "/r/new")
+        {'a': '/r/new/ckpt', 'b': ['/r/older']}
+    """
+    if isinstance(value, str):
+        for old in old_dirs:
+            if value == old or value.startswith(old + "/"):
+                return new_dir + value[len(old) :]
+        return value
+    if isinstance(value, dict):
+        return {
+            relocate(k, old_dirs, new_dir): relocate(v, old_dirs, new_dir) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(relocate(v, old_dirs, new_dir) for v in value)
+    return value
+
+
 @dataclass
 class Resume:
-    """What :func:`prepare_resume` found: the run, its recorded config and its last checkpoint."""
+    """What :func:`prepare_resume` found: the run, its recorded config and the checkpoint.
+
+    ``recorded`` is the run's config with its paths moved to where the run is now; ``cfg`` is the
+    same with ``resume`` set, the config the resumed run trains with.
+    """
 
     run_dir: Path
     cfg: DictConfig
     checkpoint: Path
     record: dict[str, Any]
+    recorded: DictConfig
+    step: int = 0
+    # Whether the checkpoint is the run's last.ckpt (not an older one named on the command line).
+    from_last: bool = True
+    # The run's recorded locations, when it was moved or copied since (longest first).
+    moved_from: list[str] = field(default_factory=list)
+    # The real paths of the files the checkpoint's ModelCheckpoint states name (relocated).
+    known_checkpoints: set[str] = field(default_factory=set)
+
+    def relocate(self, value: Any) -> Any:
+        """``value`` with paths under the run's recorded location moved to where it is now."""
+        return relocate(value, self.moved_from, str(self.run_dir)) if self.moved_from else value
+
+
+def _checkpoint_callbacks(cfg: DictConfig) -> list[DictConfig]:
+    """The callbacks of ``cfg`` that write checkpoints: those with a ``dirpath``."""
+    return [
+        node
+        for node in (cfg.get("callbacks") or {}).values()
+        if isinstance(node, DictConfig) and node.get("dirpath")
+    ]
+
+
+def checkpoint_dirs(cfg: DictConfig) -> list[Path]:
+    """Every folder a ModelCheckpoint of ``cfg`` writes into."""
+    return sorted({Path(node.dirpath) for node in _checkpoint_callbacks(cfg)})
 
 
 def last_checkpoint(run_dir: Path, cfg: DictConfig) -> Path | None:
     """The run's ``last.ckpt``: in a ModelCheckpoint ``dirpath`` of its config, else in the run."""
-    dirs = [
-        Path(node["dirpath"])
-        for node in (cfg.get("callbacks") or {}).values()
-        if isinstance(node, DictConfig) and node.get("dirpath")
-    ]
-    candidates = [d / LAST_CHECKPOINT for d in dirs] + sorted(run_dir.rglob(LAST_CHECKPOINT))
+    candidates = [d / LAST_CHECKPOINT for d in checkpoint_dirs(cfg)]
+    candidates += sorted(run_dir.rglob(LAST_CHECKPOINT))
     return next((c for c in candidates if c.is_file()), None)
+
+
+def _moved_from(run_dir: Path, record: dict[str, Any], recorded: DictConfig) -> list[str]:
+    """The run's recorded locations that are not where it is now (both spellings of each)."""
+    old = {record.get("run_dir"), OmegaConf.select(recorded, "paths.output_dir", default=None)}
+    moved = {str(p) for p in old if p and os.path.realpath(p) != str(run_dir)}
+    moved |= {os.path.realpath(p) for p in moved}
+    return sorted(moved, key=len, reverse=True)
+
+
+def _first_sentence(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0].split('. ')[0]}" if lines else type(err).__name__
+
+
+def _newest_readable(dirs: Sequence[Path], broken: Path) -> tuple[Path, int] | None:
+    """The readable checkpoint with the highest ``global_step`` in ``dirs`` (newest on a tie)."""
+    found = []
+    for path in {p for d in dirs if d.is_dir() for p in d.glob("*.ckpt")}:
+        if path.resolve() == broken.resolve():
+            continue
+        try:
+            step = int(read_checkpoint(path).get("global_step", 0))
+        except Exception:  # noqa: BLE001 - unreadable: not a candidate
+            continue
+        found.append((step, path.stat().st_mtime, path))
+    if not found:
+        return None
+    step, _, path = max(found)
+    return path, step
+
+
+def _locate(value: Any) -> tuple[Path, Path | None]:
+    """``resume=`` names a run dir (or its run.json), or a checkpoint file inside a run dir."""
+    path = Path(str(value)).expanduser()
+    if path.suffix != ".ckpt":
+        return find_run_dir(path), None
+    if not path.is_file():
+        raise ConfigError(
+            f"{RESUME_KEY}={value}: no such checkpoint file. Pass a run dir, or a .ckpt file"
+            " in its checkpoints/ folder."
+        )
+    path = path.resolve()
+    run_dir = next((d for d in path.parents if (d / RUN_JSON).is_file()), None)
+    if run_dir is None:
+        raise ConfigError(
+            f"{RESUME_KEY}={value}: that checkpoint is not inside a run dir (no {RUN_JSON} in"
+            " any folder above it). Pass a checkpoint of a run that train.py wrote."
+        )
+    return run_dir, path
 
 
 def _plain(value: Any) -> Any:
@@ -95,11 +213,15 @@ def check_overrides(
 def prepare_resume(cfg: DictConfig, hydra_info: dict[str, Any]) -> Resume:
     """Find the run named by ``cfg.resume``, check the overrides, and load its config.
 
+    Writes nothing. A run that was moved or copied gets its config's paths moved to where it is
+    now, so the resumed run writes only inside the dir it was given.
+
     Raises:
-        ConfigError: the run dir is not a run, has completed, has no checkpoint yet, or the
-            overrides contradict it.
+        ConfigError: the run dir is not a run, has completed, has no checkpoint yet, its
+            checkpoint cannot be read (naming the newest one that can), or the overrides
+            contradict it.
     """
-    run_dir = find_run_dir(cfg[RESUME_KEY])
+    run_dir, named = _locate(cfg[RESUME_KEY])
     record = read_run(run_dir)
     recorded = read_config(run_dir)
     if record.get("status") == "completed":
@@ -107,15 +229,65 @@ def prepare_resume(cfg: DictConfig, hydra_info: dict[str, Any]) -> Resume:
             f"resume={run_dir}: that run completed; there is nothing to resume. To train it"
             f" again, or longer, start a new run: nailseg rerun {run_dir} [trainer.max_epochs=N]"
         )
-    checkpoint = last_checkpoint(run_dir, recorded)
+    moved_from = _moved_from(run_dir, record, recorded)
+    if moved_from:
+        container = OmegaConf.to_container(recorded, resolve=False)
+        recorded = OmegaConf.create(relocate(container, moved_from, str(run_dir)))
+    last = last_checkpoint(run_dir, recorded)
+    checkpoint = named or last
     if checkpoint is None:
         raise ConfigError(
             f"resume={run_dir}: no {LAST_CHECKPOINT} in that run (it stopped before its first"
             f" checkpoint). Start it again instead: nailseg rerun {run_dir}"
         )
+    try:
+        state = read_checkpoint(checkpoint)
+        step = int(state.get("global_step", 0))
+        known = recorded_checkpoints(state)
+    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a damaged file
+        raise ConfigError(
+            _unreadable(run_dir, checkpoint, err, checkpoint_dirs(recorded))
+        ) from None
+    del state  # memory-mapped: let the file go
     check_overrides(cfg, hydra_info, run_dir, record, recorded)
-    recorded[RESUME_KEY] = str(run_dir)
-    return Resume(run_dir=run_dir, cfg=recorded, checkpoint=checkpoint, record=record)
+    resumed = copy.deepcopy(recorded)
+    resumed[RESUME_KEY] = str(run_dir)
+    return Resume(
+        run_dir=run_dir,
+        cfg=resumed,
+        checkpoint=checkpoint,
+        record=record,
+        recorded=recorded,
+        step=step,
+        from_last=last is not None and checkpoint.resolve() == last.resolve(),
+        moved_from=moved_from,
+        known_checkpoints={
+            os.path.realpath(p) for p in relocate(sorted(known), moved_from, str(run_dir))
+        },
+    )
+
+
+def _unreadable(run_dir: Path, checkpoint: Path, err: BaseException, dirs: list[Path]) -> str:
+    """The message for a checkpoint that cannot be loaded: name it, offer the newest that can."""
+
+    def short(path: Path) -> str:
+        return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
+
+    message = (
+        f"resume={run_dir}: {short(checkpoint)} cannot be read ({_first_sentence(err)}); it is"
+        " truncated or damaged."
+    )
+    newest = _newest_readable([*dirs, checkpoint.parent], checkpoint)
+    if newest is None:
+        return (
+            f"{message} No other checkpoint of the run can be read; start it again instead:"
+            f" nailseg rerun {run_dir}"
+        )
+    path, step = newest
+    return (
+        f"{message} The newest readable checkpoint is {short(path)} (step {step}); continue"
+        f" from it with: {resume_command(path)}"
+    )
 
 
 def check_same_data(resume: Resume, fingerprint: dict[str, Any]) -> None:
@@ -143,9 +315,58 @@ def log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _checkpoint_step(checkpoint: Path) -> int:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    return int(state.get("global_step", 0))
+def tidy_checkpoints(cfg: DictConfig, resume: Resume | None = None) -> list[Path]:
+    """Remove what a kill during a checkpoint write left in the run's checkpoint folders.
+
+    Always: temp files of :class:`~nailseg.runs.checkpoint.AtomicCheckpointIO` whose process is
+    gone. When resuming from ``last.ckpt``: top-k checkpoints written after it that it does not
+    know (see :func:`~nailseg.runs.checkpoint.orphan_checkpoints`); the resumed run writes that
+    epoch again. Returns the removed files.
+    """
+    removed = []
+    for path in (p for d in checkpoint_dirs(cfg) for p in stale_temp_files(d)):
+        log.warning("Removing %s: the temp file of a checkpoint write that was killed", path)
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    if resume is not None and resume.from_last:
+        topk = [
+            (Path(node.dirpath), node.get("filename"))
+            for node in _checkpoint_callbacks(cfg)
+            if node.get("monitor") is not None
+        ]
+        for path in orphan_checkpoints(
+            resume.checkpoint, resume.step, resume.known_checkpoints, topk
+        ):
+            log.warning(
+                "Removing %s: a top-k checkpoint written after %s (step %d) and unknown to it;"
+                " the run was killed between the two writes and trains that epoch again",
+                path,
+                resume.checkpoint.name,
+                resume.step,
+            )
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class RelocatedCheckpoints(pl.Callback):
+    """Moves the checkpoint callbacks' recorded paths to a moved or copied run's new dir.
+
+    A ModelCheckpoint restores its top-k state only when the checkpoint's ``dirpath`` is its
+    own; for a moved run it would restore only ``best_model_path``, pointing into the old dir,
+    and lose track of the top-k files. This rewrites those states as they are loaded.
+    """
+
+    def __init__(self, resume: Resume) -> None:
+        self.resume = resume
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        states = checkpoint.get("callbacks") or {}
+        for key, state in states.items():
+            if str(key).startswith("ModelCheckpoint") and isinstance(state, dict):
+                states[key] = self.resume.relocate(state)
 
 
 @contextlib.contextmanager
@@ -159,7 +380,7 @@ def keep_csv_logs(trainer: pl.Trainer, resume: Resume | None) -> Iterator[None]:
 
     kept: list[tuple[Path, list[dict[str, str]]]] = []
     if resume is not None:
-        step = _checkpoint_step(resume.checkpoint)
+        step = resume.step
         for logger in trainer.loggers:
             path = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
             if path is None or not path.is_file():
