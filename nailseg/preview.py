@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nailseg.augment.base import AugmentBackend, augment_arrays, denormalize
 from nailseg.config import compose_config
+from nailseg.config_check import check_config, compose_error
 from nailseg.data.sampler import sample_seed
 from nailseg.errors import ConfigError, NailsegError
 from nailseg.train import build_datamodule
@@ -41,9 +42,9 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``uint8`` RGB ``(H, W, 3)`` with mask ``(H, W)`` in {0, 1} tinted and outlined on it."""
     out = image.copy()
     tint = np.array(OVERLAY_RGB, dtype=np.float32)
-    fg = mask.astype(bool)
+    fg = mask == 1  # void pixels (data.ignore_index) are not foreground
     out[fg] = (out[fg] * (1 - OVERLAY_ALPHA) + tint * OVERLAY_ALPHA).astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(out, contours, -1, OVERLAY_RGB, 1)
     return out
 
@@ -99,9 +100,17 @@ def preview_grid(
             backend, images, masks, seeds, train=True, device=device
         )
         pixels = _to_uint8_rgb(aug_images, backend)
-        binary = aug_masks[:, 0].detach().cpu().numpy().astype(np.uint8)
+        binary = (aug_masks[:, 0] == 1).detach().cpu().numpy().astype(np.uint8)
         columns.append([overlay_mask(p, m) for p, m in zip(pixels, binary, strict=True)])
-    columns.append([np.repeat(m[..., None] * 255, 3, axis=2).astype(np.uint8) for m in masks])
+    # Foreground white, void (data.ignore_index) grey, background black.
+    columns.append(
+        [
+            np.repeat(np.where(m == 1, 255, np.where(m > 1, 128, 0))[..., None], 3, 2).astype(
+                np.uint8
+            )
+            for m in masks
+        ]
+    )
     titles = ["original", *(f"augmented {k + 1}" for k in range(versions)), "mask"]
 
     def row(tiles: list[np.ndarray]) -> np.ndarray:
@@ -135,13 +144,17 @@ def cli(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             cfg = compose_config([f"paths.output_dir={tmp}", *overrides], return_hydra_config=True)
+            check_config(cfg)
+            aug, policy = cfg.hydra.runtime.choices["aug"], cfg.hydra.runtime.choices["aug/policy"]
+            out = args.out or Path(cfg.paths.runs_dir) / "preview" / f"{aug}-{policy}.png"
+            check_out(out)  # before the slow part: a bad --out fails in a second
             datamodule = build_datamodule(cfg)
             datamodule.setup("fit")
         except NailsegError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         except (HydraException, OmegaConfBaseException) as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {compose_error(err, overrides)}", file=sys.stderr)
             return 1
     train = datamodule.datasets["train"]
     count = min(args.samples, len(train))
@@ -156,13 +169,54 @@ def cli(argv: list[str]) -> int:
         args.versions,
         args.device,
     )
-    aug, policy = cfg.hydra.runtime.choices["aug"], cfg.hydra.runtime.choices["aug/policy"]
-    out = args.out or Path(cfg.paths.runs_dir) / "preview" / f"{aug}-{policy}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise ConfigError(f"Cannot write {out}: check the folder is writable, or pass --out PATH.")
+    try:
+        written = cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    except (cv2.error, OSError) as err:
+        written, reason = False, str(err).strip().splitlines()[-1]
+    else:
+        reason = "OpenCV could not write it"
+    if not written:
+        print(f"error: Cannot write --out {out} ({reason}). {OUT_FIX}", file=sys.stderr)
+        return 1
     print(
         f"wrote {out} ({count} samples x {args.versions} augmented versions, aug={aug},"
         f" aug/policy={policy})"
     )
     return 0
+
+
+OUT_FIX = "Pass --out PATH.png in a writable folder."
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written, before the grid is made: no extension (so no
+    image format), a format OpenCV cannot write, a folder, or a folder that cannot be made or
+    written to. Creates the parent folder.
+
+    Raises:
+        ConfigError: one line naming ``out``, what is wrong and the fix.
+    """
+    if not out.suffix:
+        raise ConfigError(
+            f"--out {out} has no extension, so no image format: name the file, e.g."
+            f" --out {out}.png."
+        )
+    if not cv2.haveImageWriter(str(out)):
+        raise ConfigError(
+            f"--out {out}: OpenCV cannot write {out.suffix!r} files. Use .png, e.g."
+            f" --out {out.with_suffix('.png')}."
+        )
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: give a file in it, e.g. --out {out}/grid.png.")
+    blocker = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"Cannot write --out {out}: {blocker} is a file, not a folder. {OUT_FIX}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"Cannot write --out {out}: {out.parent} is not a writable folder"
+            f" ({err.strerror or err}). {OUT_FIX}"
+        ) from err

@@ -5,15 +5,20 @@ Registries are plain dicts behind one lookup; a bad key lists the valid ones.
 
 from __future__ import annotations
 
-import difflib
+import inspect
 import logging
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
+from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
 from torch import nn
 
+from nailseg.config_check import did_you_mean
 from nailseg.errors import ConfigError, EncoderWeightsError
 
 log = logging.getLogger(__name__)
@@ -34,14 +39,23 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 
 
 def _unknown(kind: str, value: str, options: list[str], key: str) -> ConfigError:
-    close = difflib.get_close_matches(value, options, n=3)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return ConfigError(
-        f"Unknown {kind} {value!r} ({key}).{hint} Options: {', '.join(sorted(options))}."
+        f"Unknown {kind} {value!r} ({key}).{did_you_mean(value, options, quote=True)}"
+        f" Options: {', '.join(sorted(options))}."
     )
 
 
 def check_encoder_name(name: str) -> None:
+    """An smp encoder name, or ``tu-`` and any timm model (``tu-resnet10t``, ``tu-NAME.TAG``)."""
+    if name.startswith("tu-"):
+        if not timm.is_model(name[3:]):
+            models = timm.list_models()
+            raise ConfigError(
+                f"Unknown timm encoder {name!r} (encoder.name): timm has no model"
+                f" {name[3:]!r}.{did_you_mean(name[3:], models, 'tu-', quote=True)} Any timm"
+                " model works as tu-NAME (python -c 'import timm; print(timm.list_models())')."
+            )
+        return
     options = list(smp.encoders.get_encoder_names())
     if name not in options:
         raise _unknown("encoder", name, options, "encoder.name")
@@ -59,10 +73,12 @@ def build_network(
 
     Args:
         arch: a key of :data:`ARCHITECTURES` (``unet``, ``fpn``, ...).
-        encoder_name: any smp encoder name (``resnet18``, ``timm-efficientnet-b4``, ...).
+        encoder_name: any smp encoder name (``resnet18``, ``timm-efficientnet-b4``, ...), or
+            ``tu-`` and a timm model name (``tu-resnet10t``).
         encoder_weights: ``None`` (random init), a pretrained name known to smp for this encoder
-            (``imagenet``), or the path of a local encoder state dict
-            (``.pth``/``.pt``/``.safetensors``).
+            (``imagenet``; for ``tu-`` encoders timm's pretrained tag), or the path of a local
+            encoder state dict (``.pth``/``.pt``/``.safetensors``, see
+            :func:`load_encoder_weights`).
         arch_kwargs: passed to the smp class; ``None`` values are dropped (library default).
     """
     if arch not in ARCHITECTURES:
@@ -70,15 +86,26 @@ def build_network(
     check_encoder_name(encoder_name)
     kwargs = {k: v for k, v in arch_kwargs.items() if v is not None}
     factory = ARCHITECTURES[arch]
+    _check_arch_options(arch, factory, encoder_name, kwargs)
     local_file = None
+    pretrained: str | bool | None = encoder_weights  # what smp gets
     if encoder_weights is not None and _looks_like_path(encoder_weights):
-        local_file, encoder_weights = Path(encoder_weights).expanduser(), None
+        local_file, pretrained = Path(encoder_weights).expanduser(), None
         if not local_file.is_file():
             raise EncoderWeightsError(
                 f"Encoder weights file not found: {local_file} (encoder.weights). Give an existing"
                 " state-dict file, encoder.weights=imagenet with a network, or"
                 " encoder.weights=null."
             )
+    elif encoder_weights is not None and encoder_name.startswith("tu-"):
+        # timm picks the pretrained tag (its default, or NAME.TAG); smp wants True for it.
+        if encoder_weights != "imagenet":
+            raise ConfigError(
+                f"Encoder {encoder_name!r} takes encoder.weights=imagenet (timm's pretrained"
+                f" weights; choose a tag with encoder.name={encoder_name}.TAG), not"
+                f" {encoder_weights!r}; or a local file path, or null."
+            )
+        pretrained = True
     elif encoder_weights is not None:
         known = list(smp.encoders.encoders[encoder_name].get("pretrained_settings", {}))
         if encoder_weights not in known:
@@ -90,17 +117,18 @@ def build_network(
     try:
         net = factory(
             encoder_name=encoder_name,
-            encoder_weights=encoder_weights,
+            encoder_weights=pretrained,
             in_channels=in_channels,
             classes=classes,
             **kwargs,
         )
     except (OSError, ConnectionError, RuntimeError) as err:
-        if encoder_weights is None:
+        if pretrained is None:
             raise
         raise EncoderWeightsError(
-            f"Could not load {encoder_weights!r} weights for encoder {encoder_name!r}: {err}\n"
-            "They are downloaded on first use, and this machine seems offline. Either: (1) run once"
+            f"Could not load {encoder_weights!r} weights for encoder {encoder_name!r}"
+            f" ({_first_line(err)}): they are downloaded on first use, and this machine seems"
+            " offline. Either: (1) run once"
             " with a network to fill the cache (HF_HOME / TORCH_HOME); (2) download the encoder's"
             " state dict elsewhere and pass encoder.weights=/path/to/file.pth; or (3) train from"
             " scratch with encoder.weights=null."
@@ -110,7 +138,7 @@ def build_network(
             f"Bad option for model.arch={arch}: {err}. Check the keys under model."
         ) from err
     if local_file is not None:
-        load_encoder_weights(net.encoder, local_file)
+        load_encoder_weights(net.encoder, local_file, encoder_name)
     return net
 
 
@@ -120,30 +148,151 @@ def _looks_like_path(value: str) -> bool:
     )
 
 
-def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
-    """Load a local encoder state dict (no pickled objects), failing on missing or extra keys."""
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__
+
+
+def _check_arch_options(
+    arch: str, factory: type[nn.Module], encoder_name: str, options: dict[str, Any]
+) -> None:
+    """Refuse options the architecture does not name, unless a timm encoder takes them.
+
+    smp hands such options to the encoder, and only timm (``tu-``) encoders use them: with any
+    other encoder a misspelt ``model.decoder_chanels`` would be dropped without a word.
+    """
+    if encoder_name.startswith("tu-") or is_equivalent_to_timm_universal(encoder_name):
+        return
+    named = [
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        and p.name not in ("encoder_name", "encoder_weights", "in_channels", "classes")
+    ]
+    for key in options:
+        if key not in named:
+            raise ConfigError(
+                f"Unknown key model.{key} for model.arch={arch} ({factory.__name__}, encoder"
+                f" {encoder_name!r}).{did_you_mean(key, named, 'model.')} Fix the name or remove"
+                f" it. Options: {', '.join(f'model.{n}' for n in named)}."
+            )
+
+
+def load_encoder_weights(encoder: nn.Module, path: Path, encoder_name: str = "") -> None:
+    """Load a local state-dict file into ``encoder``, strictly, as smp loads its own weights.
+
+    The file holds tensors only: ``torch.save(model.encoder.state_dict(), path)`` or a
+    ``.safetensors`` file (pickled objects are refused). A whole smp model's state dict, or a
+    Lightning checkpoint's ``state_dict``, also works: the ``...encoder.`` prefix is stripped.
+
+    Raises:
+        EncoderWeightsError: one line naming the file and what is wrong: unreadable, not a state
+            dict, or missing, unexpected or wrongly shaped tensors (counts and examples).
+
+    Examples:
+        >>> net = smp.Unet("resnet18", encoder_weights=None)
+        >>> torch.save(net.encoder.state_dict(), "/tmp/resnet18.pth")
+        >>> load_encoder_weights(smp.Unet("resnet18", encoder_weights=None).encoder,
+        ...                      Path("/tmp/resnet18.pth"), "resnet18")
+    """
+    expected = encoder.state_dict()
+    state = _strip_prefix(_read_state_dict(path), expected)
+    try:
+        # smp's encoders override load_state_dict (dropping classifier heads, renaming old keys)
+        # and most return None, not torch's missing/unexpected keys: load strictly through the
+        # override (on a copy: it pops keys), and say what does not fit when it refuses.
+        encoder.load_state_dict(dict(state))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise EncoderWeightsError(_misfit(path, encoder_name, state, expected, err)) from err
+    log.info("Loaded encoder weights from %s (%d tensors)", path, len(state))
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    how = (
+        "Give a file saved with torch.save(model.encoder.state_dict(), PATH) or a .safetensors"
+        " file, encoder.weights=imagenet with a network, or encoder.weights=null."
+    )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any failure to read is a bad file for the user to fix
-        raise EncoderWeightsError(f"Cannot read encoder weights {path}: {err}") from err
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    result = encoder.load_state_dict(state, strict=False)
-    if result.missing_keys:
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = (
+            f"it holds a pickled Python object ({pickled.group(1)}), not only tensors, and"
+            " pickles are not loaded"
+            if pickled
+            else _first_line(err)
+        )
         raise EncoderWeightsError(
-            f"Encoder weights {path} do not fit the encoder: {len(result.missing_keys)} missing"
-            f" key(s), e.g. {result.missing_keys[:3]}. Was it saved from the same encoder.name?"
+            f"Cannot read encoder weights {path} (encoder.weights): {what}. {how}"
+        ) from err
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]  # a Lightning checkpoint
+    if not isinstance(state, Mapping):
+        raise EncoderWeightsError(
+            f"Encoder weights {path} (encoder.weights) hold a {type(state).__name__}, not a state"
+            f" dict (parameter names to tensors). {how}"
         )
-    if result.unexpected_keys:
-        log.warning(
-            "Ignored %d unexpected key(s) in %s (e.g. %s)",
-            len(result.unexpected_keys),
-            path,
-            result.unexpected_keys[:3],
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise EncoderWeightsError(
+                f"Encoder weights {path} (encoder.weights) are not a state dict: {key!r} holds a"
+                f" {type(value).__name__}, not a tensor. {how}"
+            )
+    return dict(state)
+
+
+def _strip_prefix(
+    state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A whole model's state dict -> its encoder's: strip the ``...encoder.`` prefix that fits."""
+    if any(key in expected for key in state):
+        return state
+    prefixes = {k[: k.index("encoder.") + len("encoder.")] for k in state if "encoder." in k}
+
+    def fits(prefix: str) -> int:
+        return sum(k[len(prefix) :] in expected for k in state if k.startswith(prefix))
+
+    best = max(sorted(prefixes), key=fits, default=None)
+    if best is None or not fits(best):
+        return state
+    return {k[len(best) :]: v for k, v in state.items() if k.startswith(best)}
+
+
+def _misfit(
+    path: Path,
+    encoder_name: str,
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    err: BaseException,
+) -> str:
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the encoder"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = [
+        f"{len(keys)} {what} (e.g. {some(keys)})"
+        for what, keys in (
+            ("missing key(s)", missing),
+            ("unexpected key(s)", unexpected),
+            ("shape mismatch(es)", shapes),
         )
-    log.info("Loaded encoder weights from %s", path)
+        if keys
+    ] or [_first_line(err)]
+    name = encoder_name or "this encoder"
+    return (
+        f"Encoder weights {path} (encoder.weights) do not fit encoder {name!r}:"
+        f" {'; '.join(problems)}. Use a state dict saved from the same encoder.name and"
+        f" in_channels, e.g. torch.save(smp.Unet({name!r}, encoder_weights=None)"
+        ".encoder.state_dict(), PATH)."
+    )

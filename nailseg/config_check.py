@@ -1,0 +1,265 @@
+"""Check a composed config before anything is built: value types and ranges, unknown keys.
+
+:func:`check_config` is the "validate" step of ``train.py`` (compose, validate, build, fit, test,
+record) and of ``nailseg preview``. It reads the config only; nothing is imported but the
+``_target_`` objects, nothing is built. Each problem is one sentence naming the key, its value
+and the fix; all problems found are raised together as one :class:`~nailseg.errors.ConfigError`.
+
+Two kinds of checks:
+
+- :data:`RULES`: the values a typo or a wrong unit would break far from the cause (a batch size
+  of 2.5 trained as 2, ``max_epochs=abc`` as a bare ``AssertionError`` inside Lightning).
+- Unknown keys: every node with a ``_target_`` may hold only arguments its target takes. Hydra
+  refuses an unknown key unless it is added with ``+key=``, as its own hint suggests; followed on
+  a typo (``+data.batch_sise=4``), that hint would end in a ``TypeError`` from the constructor.
+  Here it ends in "did you mean data.batch_size?".
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nailseg.config import CONF_DIR, compose_config
+from nailseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Hydra's own keys in a node with a _target_; they are not constructor arguments.
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
+
+
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[Any], bool]:
+    def accept(value: Any) -> bool:
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value >= minimum
+            and (maximum is None or value <= maximum)
+        )
+
+    return accept
+
+
+def _number_at_least_zero(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A config value's type and range: ``key`` must pass ``accept``, else the error says
+    ``expected`` and offers ``key=example`` as the fix."""
+
+    key: str
+    expected: str
+    example: str
+    accept: Callable[[Any], bool]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("seed", "a whole number from 0 to 4294967295", "42", _whole(0, 2**32 - 1)),
+    Rule("data.batch_size", "a whole number of at least 1", "8", _whole(1)),
+    Rule(
+        "data.num_workers",
+        "a whole number of at least 0 (0 loads in the training process)",
+        "2",
+        _whole(0),
+    ),
+    # 0 would "complete" a run that trained nothing, with NaN metrics; Lightning's -1 (endless)
+    # has no end for the cosine schedule (T_max) to reach.
+    Rule("trainer.max_epochs", "a whole number of at least 1", "20", _whole(1)),
+    # 0 is allowed (a frozen run can make sense), with a warning: see check_config.
+    Rule("optimizer.lr", "a number above 0", "0.001", _number_at_least_zero),
+)
+
+
+def did_you_mean(word: str, options: list[str], prefix: str = "", quote: bool = False) -> str:
+    """``" Did you mean data.batch_size?"`` for the closest options, or ``""`` when none is close.
+
+    Examples:
+        >>> did_you_mean("batch_sise", ["batch_size", "num_workers"], prefix="data.")
+        ' Did you mean data.batch_size?'
+    """
+    close = [f"{prefix}{c}" for c in difflib.get_close_matches(word, options, n=3)]
+    if not close:
+        return ""
+    return f" Did you mean {' or '.join(repr(c) if quote else c for c in close)}?"
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse a config whose values or keys would fail, or silently mislead, later.
+
+    Args:
+        cfg: the composed config (its ``hydra`` node, if any, is skipped).
+
+    Raises:
+        ConfigError: one line listing every problem found, each naming the key, the value and
+            the fix.
+
+    Examples:
+        >>> from nailseg.config import compose_config
+        >>> check_config(compose_config(["data.batch_size=8"]))  # passes: returns None
+    """
+    choices = _choices(cfg)
+    problems = [*_unknown_keys(cfg), *_bad_values(cfg, choices)]
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} config problems: {' '.join(problems)}")
+    if OmegaConf.select(cfg, "optimizer.lr") == 0:
+        log.warning(
+            "optimizer.lr=0: the weights will not change (only batch-norm statistics will)."
+            " Give a learning rate above 0 to train, e.g. optimizer.lr=0.001."
+        )
+
+
+_ABSENT = object()
+
+
+def _bad_values(cfg: DictConfig, choices: dict[str, Any]) -> Iterator[str]:
+    for rule in RULES:
+        fix = f"Fix it, e.g. {rule.key}={rule.example}{_where(rule.key, choices)}."
+        try:
+            value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
+        except OmegaConfBaseException as err:
+            yield f"{rule.key} cannot be resolved ({_first_line(err)}). {fix}"
+            continue
+        if value is not _ABSENT and not rule.accept(value):
+            # Absent (e.g. an optimizer without lr): the constructor decides.
+            yield f"{rule.key}={_show(value)} is invalid: expected {rule.expected}. {fix}"
+
+
+def _unknown_keys(cfg: DictConfig) -> Iterator[str]:
+    # Keys and _target_ strings only: nothing is resolved here (a bad value is _bad_values' job).
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    for path, node in _target_nodes({k: v for k, v in tree.items() if k != "hydra"}, ""):
+        target = node["_target_"]
+        if "${" in target:
+            continue  # an interpolated target: known only once resolved
+        try:
+            obj = get_object(target)
+        except Exception as err:  # any import failure: the user's _target_ to fix
+            yield (
+                f"{path}._target_={target} cannot be imported ({_first_line(err)}). Check the"
+                " module and name."
+            )
+            continue
+        try:
+            parameters = inspect.signature(obj).parameters.values()
+        except (TypeError, ValueError):
+            continue  # no signature to check against (a builtin)
+        if any(p.kind == p.VAR_KEYWORD for p in parameters):
+            continue  # takes anything; the target checks its own keywords
+        named = sorted(p.name for p in parameters if p.kind != p.VAR_POSITIONAL)
+        for key, value in node.items():
+            if key in HYDRA_KEYS or key in named:
+                continue
+            close = difflib.get_close_matches(key, named, n=1)
+            fix = f" ({path}.{close[0]}={_show(value)})" if close and _scalar(value) else ""
+            yield (
+                f"Unknown key {path}.{key}: {target} takes no argument {key!r}."
+                f"{did_you_mean(key, named, f'{path}.')} Fix the name{fix} or remove it."
+                f" Options: {', '.join(named)}."
+            )
+
+
+def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every dict with a ``_target_`` in ``node``, with its dotted path, depth first."""
+    if isinstance(node, dict):
+        if isinstance(node.get("_target_"), str) and path:
+            yield path, node
+        for key, child in node.items():
+            yield from _target_nodes(child, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from _target_nodes(child, f"{path}[{index}]")
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and not any(c.isspace() for c in value) else repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _choices(cfg: DictConfig) -> dict[str, Any]:
+    """The group choices (``data: synthetic``): of this Hydra run, or of a config composed with
+    ``return_hydra_config``; empty when unknown."""
+    if HydraConfig.initialized():
+        return dict(HydraConfig.get().runtime.choices)
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    return dict(choices) if choices is not None else {}
+
+
+def _where(key: str, choices: dict[str, Any]) -> str:
+    """Where to fix ``key``: `` on the command line or in conf/data/synthetic.yaml``."""
+    group = key.split(".")[0] if "." in key else None
+    if group is None:
+        return " on the command line or in conf/train.yaml"
+    if choices.get(group):
+        return f" on the command line or in conf/{group}/{choices[group]}.yaml"
+    return " on the command line"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__
+
+
+def compose_error(err: Exception, overrides: Sequence[str], config_dir: Path = CONF_DIR) -> str:
+    """Hydra's composition error as one line, for commands that compose with
+    :func:`~nailseg.config.compose_config`.
+
+    An override of a key the config does not have (``data.batch_sise=4``) gets "did you mean"
+    instead of Hydra's hint to add it with ``+``, which on a typo leads to a ``TypeError``.
+    """
+    full_key = re.search(r"full_key: (\S+)", str(err.__cause__ or ""))
+    if "is not in struct" in str(err.__cause__ or "") and full_key:
+        full = full_key.group(1)
+        parent, _, key = full.rpartition(".")
+        given = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == full]
+        value = given[0].split("=", 1)[1] if given and "=" in given[0] else "VALUE"
+        try:
+            cfg = compose_config([o for o in overrides if o not in given], config_dir)
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+        except Exception:  # the other overrides fail too: Hydra's own message then
+            node = None
+        if isinstance(node, DictConfig):
+            keys = sorted(str(k) for k in node.keys() if k not in HYDRA_KEYS)
+            prefix = f"{parent}." if parent else ""
+            close = difflib.get_close_matches(key, keys, n=1)
+            fix = (
+                f"Fix the name ({prefix}{close[0]}={value})"
+                if close
+                else f"Add it with +{full}={value} only if {parent or 'the config'} takes it"
+            )
+            return (
+                f"Unknown key {full}.{did_you_mean(key, keys, prefix)} {fix}."
+                f" Keys of {parent or 'the config'}: {', '.join(keys)}."
+            )
+    text = str(err).split("Config search path:")[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
