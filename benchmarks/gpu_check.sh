@@ -24,7 +24,7 @@ status=0
 echo "== CUDA tests" | tee "$OUT/tests.txt"
 "$PY" -m pytest -q -p no:cacheprovider -rs --durations=5 \
   tests/test_augment_engine.py tests/test_augment_alignment.py tests/test_augment_device_path.py \
-  tests/test_device_cache.py 2>&1 | tee -a "$OUT/tests.txt" || status=1
+  tests/test_device_cache.py tests/test_ignore_index.py tests/test_masks_and_images.py 2>&1 | tee -a "$OUT/tests.txt" || status=1
 echo "== augmentation throughput, 384 px, batch 32" | tee "$OUT/augment.txt"
 timeout 240 "$PY" benchmarks/augment_throughput.py --device cuda --size 384 --batch 32 \
   --cpu-procs 16 --seconds 3 2>&1 | tee -a "$OUT/augment.txt" || status=1
