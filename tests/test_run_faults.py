@@ -91,6 +91,9 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
             stdout=subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,  # its own process group, as a shell gives a foreground job
+            # A background job of a non-interactive shell (as CI may start us) inherits SIGINT
+            # ignored, and Python then installs no Ctrl-C handler: restore what a terminal gives.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 120
         while not (orig / "checkpoints" / "last.ckpt").exists() and proc.poll() is None:
