@@ -36,6 +36,7 @@ from nailseg.augment.base import AugmentBackend
 from nailseg.augment.counter_rng import normal_field
 from nailseg.augment.params import COLOUR_OPS, NOISE_STREAM, AugParams, sample_params
 from nailseg.augment.policy import AugPolicy
+from nailseg.errors import ConfigError
 
 try:  # kornia >= 0.9: CLAHE with one clip limit per image, as a tensor (what RandomClahe uses).
     from kornia.enhance.equalization import _equalize_clahe
@@ -143,7 +144,10 @@ class KorniaAugment(AugmentBackend):
     ) -> None:
         super().__init__(policy, channels_last=channels_last)
         if select not in SELECT_MODES:
-            raise ValueError(f"select={select!r}: expected one of {SELECT_MODES}")
+            raise ConfigError(
+                f"aug.select={select!r} is invalid: expected one of {list(SELECT_MODES)}."
+                " Fix it in conf/aug/kornia_gpu.yaml or override aug.select=auto."
+            )
         self.select, self.compile = select, bool(compile)
         self._compiled: Callable | None = None
         self._warned_device = False
