@@ -31,7 +31,6 @@ def compose_config(
         >>> cfg.encoder.name
         'resnet34'
     """
-    register_resolvers()
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
         return compose(
             config_name=PRIMARY_CONFIG,
@@ -40,4 +39,5 @@ def compose_config(
         )
 
 
+# Once, when the package's config layer is first imported (train.py and every command import it).
 register_resolvers()

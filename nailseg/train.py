@@ -19,7 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nailseg.config import CONF_DIR, PRIMARY_CONFIG, register_resolvers
+from nailseg.config import CONF_DIR, PRIMARY_CONFIG
 from nailseg.config_check import check_config
 from nailseg.data import SegmentationDataModule
 from nailseg.errors import NailsegError, RunInterrupted, user_error
@@ -338,9 +338,6 @@ def task(cfg: DictConfig, **record_extra: Any) -> float | None:
     if job is not None:
         job.finish(record["status"], f"val/iou={iou:.4f}" if iou is not None else "")
     return iou
-
-
-register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG)

@@ -23,19 +23,9 @@ from nailseg.errors import ConfigError, EncoderWeightsError
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "unet": smp.Unet,
-    "unetplusplus": smp.UnetPlusPlus,
-    "fpn": smp.FPN,
-    "deeplabv3plus": smp.DeepLabV3Plus,
-    "deeplabv3": smp.DeepLabV3,
-    "linknet": smp.Linknet,
-    "pspnet": smp.PSPNet,
-    "manet": smp.MAnet,
-    "pan": smp.PAN,
-    "segformer": smp.Segformer,
-    "upernet": smp.UPerNet,
-}
+# smp's own registry (``smp.create_model`` reads it): every architecture smp can build, DPT
+# included, without a second list here to keep in step.
+ARCHITECTURES: Mapping[str, type[nn.Module]] = smp.MODEL_ARCHITECTURES_MAPPING
 
 
 def _unknown(kind: str, value: str, options: list[str], key: str) -> ConfigError:
@@ -72,7 +62,7 @@ def build_network(
     """Build an smp model that outputs ``(B, classes, H, W)`` logits.
 
     Args:
-        arch: a key of :data:`ARCHITECTURES` (``unet``, ``fpn``, ...).
+        arch: an architecture smp registers (:data:`ARCHITECTURES`: ``unet``, ``fpn``, ``dpt``...).
         encoder_name: any smp encoder name (``resnet18``, ``timm-efficientnet-b4``, ...), or
             ``tu-`` and a timm model name (``tu-resnet10t``).
         encoder_weights: ``None`` (random init), a pretrained name known to smp for this encoder
