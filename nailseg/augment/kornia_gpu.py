@@ -2,8 +2,10 @@
 
 Workers only decode and resize and return ``uint8``; the batch is converted, augmented and
 normalised after it reaches the device (``on_after_batch_transfer``), or is gathered there from
-``data.cache=device``. The engine is built on Kornia's functional layer (``kornia.geometry``,
-``kornia.filters``, ``kornia.color``, ``kornia.enhance``), not on its augmentation wrappers:
+``data.cache=device``. The engine is built on Kornia's functional layer (``kornia.filters``,
+``kornia.color``, ``kornia.enhance``), not on its augmentation wrappers; geometry is torch's
+``grid_sample`` on one grid shared by image and mask (see :func:`sampling_grid` for why not
+``kornia.geometry.warp_affine``):
 
 - parameters: every random parameter of sample ``i`` is drawn on the device from that sample's
   seed alone (:mod:`nailseg.augment.params`), so a sample augments the same way in any batch and
