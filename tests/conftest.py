@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from nailseg.config import REPO_ROOT, compose_config
@@ -56,6 +57,31 @@ def train_py(
         timeout=timeout,
         cwd=REPO_ROOT,
         env=None if env is None else dict(env),
+    )
+
+
+# One thread for train.py subprocesses: on a small shared CPU, thread contention makes a 64 px step
+# 20x slower.
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def train_ok(*args: str) -> subprocess.CompletedProcess:
+    """``train_py`` on one thread that must succeed; a failure shows train.py's stderr."""
+    result = train_py(*args, env=ONE_THREAD_ENV)
+    if result.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    """A real CPU Trainer with no logger, checkpoints, progress bar or summary."""
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
     )
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import warnings
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import move_data_to_device
 
 from nailseg.augment.base import normalize
 from nailseg.train import build_datamodule
+from tests.conftest import quiet_trainer
 
 
 @pytest.fixture(params=["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"])
@@ -32,13 +32,7 @@ def test_kornia_gpu_path(make_cfg, device: torch.device) -> None:
     datamodule = build_datamodule(make_cfg("aug=kornia_gpu", "data.source.count=16"))
     datamodule.setup("fit")
     # A real Trainer only to say whether we are training, as Lightning does during fit/validate.
-    datamodule.trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    datamodule.trainer = quiet_trainer()
 
     loader = datamodule.train_dataloader()
     assert loader.pin_memory == torch.cuda.is_available()  # page-locked only where it helps

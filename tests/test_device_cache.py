@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,6 +21,7 @@ from nailseg.data.datamodule import compute_dtype
 from nailseg.data.device import DeviceBatches, free_memory
 from nailseg.errors import ConfigError
 from nailseg.train import build_datamodule, run
+from tests.conftest import quiet_trainer
 
 # Two short epochs: the second one shows that Lightning calls set_epoch on the device loader.
 TWO_EPOCHS = ("trainer.max_epochs=2", "trainer.enable_progress_bar=false")
@@ -35,17 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
 
 
 def _batches(loader, epoch: int) -> list[dict[str, torch.Tensor]]:
@@ -86,7 +75,7 @@ def test_device_data_lands_on_the_trainers_device(make_cfg) -> None:
     datamodule = build_datamodule(make_cfg("aug=none", "data.cache=device"))
     for dm in (ram, datamodule):
         dm.setup("fit")
-        dm.trainer = trainer = _trainer()
+        dm.trainer = trainer = quiet_trainer()
         # A resumed fit that has finished one epoch: the loader starts in epoch 1, as the
         # DataLoader path does (Lightning starts the first iterator before it calls set_epoch).
         trainer.fit_loop.epoch_progress.current.processed = 1
@@ -170,7 +159,7 @@ def test_ddp_is_refused(make_cfg) -> None:
     datamodule = build_datamodule(make_cfg("aug=kornia_gpu", "data.cache=device"))
     datamodule.setup("fit")
     # Two CPU processes: the strategy is set up, nothing is launched until fit.
-    datamodule.trainer = _trainer(devices=2, strategy="ddp")
+    datamodule.trainer = quiet_trainer(devices=2, strategy="ddp")
     with pytest.raises(ConfigError, match=r"2 processes \(DDP\).*Use data.cache=ram"):
         datamodule.train_dataloader()
 
@@ -203,7 +192,7 @@ def test_compute_dtype_examples() -> None:
 def test_batches_arrive_in_the_trainers_dtype(make_cfg) -> None:
     datamodule = build_datamodule(make_cfg("aug=kornia_gpu", "data.cache=device"))
     datamodule.setup("fit")
-    datamodule.trainer = _trainer(precision="bf16-mixed")
+    datamodule.trainer = quiet_trainer(precision="bf16-mixed")
     batch = next(iter(datamodule.val_dataloader()))
     out = datamodule.on_after_batch_transfer(batch, 0)
     assert out["image"].dtype == torch.bfloat16 and out["mask"].dtype == torch.float32

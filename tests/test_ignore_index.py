@@ -15,6 +15,7 @@ from nailseg.errors import ConfigError
 from nailseg.model import SegmentationModule
 from nailseg.model.losses import SymmetricLovaszLoss, WeightedSum
 from nailseg.train import build_datamodule, build_module
+from tests.conftest import quiet_trainer
 from tests.test_masks_and_images import make_voc
 
 LOSSES = ["bce", "bce_dice", "dice", "focal", "lovasz_symmetric"]
@@ -139,14 +140,7 @@ def test_summed_losses_must_agree_on_the_void_value() -> None:
 
 
 def _fit(module: SegmentationModule, datamodule) -> pl.Trainer:
-    trainer = pl.Trainer(
-        fast_dev_run=True,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(fast_dev_run=True)
     trainer.fit(module, datamodule=datamodule)
     return trainer
 

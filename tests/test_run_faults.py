@@ -26,7 +26,7 @@ import yaml
 from nailseg import cli
 from nailseg.config import REPO_ROOT
 from nailseg.runs.record import read_run
-from tests.conftest import FAST_OVERRIDES, FAST_SYNTHETIC, train_py
+from tests.conftest import FAST_OVERRIDES, FAST_SYNTHETIC, ONE_THREAD_ENV, train_ok, train_py
 
 TINY = (
     "trainer=debug",
@@ -38,15 +38,6 @@ TINY = (
     "data.batch_size=4",
     "data.num_workers=0",
 )
-# One thread: on a small shared CPU, thread contention makes a 64 px step 20x slower.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def train(*args: str) -> subprocess.CompletedProcess:
-    result = train_py(*args, env=ENV)
-    if result.returncode != 0:
-        raise AssertionError(f"train.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -87,7 +78,7 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with (root / "orig.err").open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, str(REPO_ROOT / "train.py"), *common, f"hydra.run.dir={orig}"],
-            env=ENV,
+            env=ONE_THREAD_ENV,
             stdout=subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,  # its own process group, as a shell gives a foreground job
@@ -152,7 +143,7 @@ def resumed_copy(interrupted: dict) -> dict:
     torch.save(state, junk["orphan"])
     os.link(junk["orphan"], junk["foreign"])
     before = snapshot(orig)
-    train(f"resume={copy}", f"hydra.run.dir={root / 'resume-log'}")
+    train_ok(f"resume={copy}", f"hydra.run.dir={root / 'resume-log'}")
     return {"orig": orig, "copy": copy, "before": before, "junk": junk}
 
 
@@ -202,7 +193,7 @@ def test_unreadable_last_ckpt_names_it_and_offers_the_newest_readable(
     assert offered, message
     assert re.fullmatch(r"epoch\d{3}-iou[\d.]+\.ckpt", Path(offered[2]).name)
     # The offered command works: it continues the run from that checkpoint.
-    train(offered[1], f"hydra.run.dir={tmp_path / 'log2'}")
+    train_ok(offered[1], f"hydra.run.dir={tmp_path / 'log2'}")
     record = read_run(broken)
     assert record["status"] == "completed", record["error"]
     assert record["resumes"][-1]["checkpoint"] == offered[2]
@@ -221,7 +212,7 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
         "trainer.limit_val_batches=1",
         f"hydra.sweep.dir={sweep_dir}",
         f"paths.data_dir={tmp_path / 'data'}",
-        env=ENV,
+        env=ONE_THREAD_ENV,
     )
     assert out.returncode == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stderr

@@ -31,7 +31,7 @@ from nailseg.runs.diff import RUN_DIR_TOKEN
 from nailseg.runs.fingerprint import data_fingerprint
 from nailseg.runs.record import find_run_dir, read_run
 from nailseg.runs.rerun import merge_overrides
-from tests.conftest import train_py
+from tests.conftest import ONE_THREAD_ENV, train_ok
 
 TINY = (
     "trainer=debug",
@@ -45,15 +45,6 @@ TINY = (
     # prefetching) before it sets the sampler's epoch, which only a worker exposes.
     "data.num_workers=1",
 )
-# One thread: on a small shared CPU, thread contention makes a 64 px step 20x slower.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def train(*args: str) -> subprocess.CompletedProcess:
-    result = train_py(*args, env=ENV)
-    if result.returncode != 0:
-        raise AssertionError(f"train.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result
 
 
 def diff(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -146,10 +137,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("runs")
     common = (*TINY, f"paths.runs_dir={root}", f"paths.data_dir={root / 'data'}")
     full, killed = root / "full", root / "killed"
-    train(*common, f"hydra.run.dir={full}")
+    train_ok(*common, f"hydra.run.dir={full}")
     proc = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "train.py"), *common, f"hydra.run.dir={killed}"],
-        env=ENV,
+        env=ONE_THREAD_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -225,7 +216,7 @@ def test_resume_refuses_contradicting_overrides(runs: dict, tmp_path: Path) -> N
 def test_killed_run_resumes_to_the_uninterrupted_result(runs: dict) -> None:
     full, killed, root = runs["full"], runs["killed"], runs["root"]
     # Repeating the recorded overrides is allowed; they agree with the run.
-    train(
+    train_ok(
         f"resume={killed}",
         "trainer.max_epochs=4",
         "encoder=resnet18",
