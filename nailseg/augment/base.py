@@ -32,13 +32,6 @@ def to_uint8_tensors(image: np.ndarray, mask: np.ndarray, seed: int = 0) -> tupl
     )
 
 
-def normalize(image: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Normalise a float ``(B, 3, H, W)`` image in [0, 1] channel by channel."""
-    return (image - mean.to(image.device).view(1, -1, 1, 1)) / std.to(image.device).view(
-        1, -1, 1, 1
-    )
-
-
 class AugmentBackend:
     """Base class: normalisation on the device and no augmentation anywhere.
 
