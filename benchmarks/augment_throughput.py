@@ -31,7 +31,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -42,7 +42,7 @@ import torch
 from nailseg.augment.albu import AlbumentationsAugment, build_albumentations
 from nailseg.augment.base import NoAugment
 from nailseg.augment.kornia_gpu import KorniaAugment
-from nailseg.augment.params import COLOUR_OPS, AugParams, sample_params
+from nailseg.augment.params import COLOUR_OPS, sample_params
 from nailseg.augment.policy import AugPolicy
 from nailseg.config import compose_config
 
@@ -129,14 +129,7 @@ def stage_times(
     params = sample_params(engine.policy, seeds, size)
     x, m = image.float().div_(255), mask.float()
     everyone = torch.ones_like(params.geometric)
-    all_on = AugParams(
-        **{
-            **{f.name: getattr(params, f.name) for f in fields(params)},
-            "geometric": everyone,
-            "noise_on": everyone,
-            "blur_on": everyone,
-        }
-    )
+    all_on = replace(params, geometric=everyone, noise_on=everyone, blur_on=everyone)
     parts: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
         "convert uint8 -> float": (lambda: image.float().div_(255),) * 2,
         "sample parameters": (lambda: sample_params(engine.policy, seeds, size),) * 2,
@@ -146,9 +139,7 @@ def stage_times(
         code = COLOUR_OPS.index(name) if name in COLOUR_OPS else None
         whole = all_on
         if code is not None:
-            whole = AugParams(
-                **{**vars(all_on), "colour_op": torch.full_like(params.colour_op, code)}
-            )
+            whole = replace(all_on, colour_op=torch.full_like(params.colour_op, code))
         parts[name] = (
             lambda stage=stage: stage(x, m, params, mode),
             lambda stage=stage, whole=whole: stage(x, m, whole, "subset"),
