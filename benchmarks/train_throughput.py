@@ -29,9 +29,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from nailseg.build import build_datamodule, build_module
 from nailseg.config import compose_config
 from nailseg.errors import NailsegError
-from nailseg.train import build_datamodule, build_module
 
 AUGS = ("kornia_gpu", "albu_cpu", "none")
 CACHES = ("ram", "device")

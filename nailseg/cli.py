@@ -1,6 +1,8 @@
-"""The ``nailseg`` console script: one small dispatcher over subcommands.
+"""The ``nailseg`` console script: one small dispatcher over :data:`nailseg.commands.COMMANDS`.
 
-Each subcommand lives in its own module with a ``main(argv: list[str]) -> int``.
+Each subcommand lives in its own module under :mod:`nailseg.commands` with the same entry
+function, ``main(argv: list[str]) -> int``; exit statuses are those of
+:func:`nailseg.errors.report`.
 """
 
 from __future__ import annotations
@@ -8,14 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-# command -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("nailseg.train", "train with Hydra overrides (same as python train.py)"),
-    "check-data": ("nailseg.data.check", "validate a data set and print a report"),
-    "preview": ("nailseg.preview", "write a PNG grid of augmented samples with their masks"),
-    "diff": ("nailseg.runs.diff", "show what differs between two runs"),
-    "rerun": ("nailseg.runs.rerun", "run a recorded run again from its conf/ snapshot"),
-}
+from nailseg.commands import COMMANDS
+from nailseg.errors import EXIT_ERROR
 
 
 def usage() -> str:
@@ -30,12 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"nailseg: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(module.cli(rest) or 0)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"nailseg: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return EXIT_ERROR
+    module = importlib.import_module(f"nailseg.commands.{COMMANDS[name][0]}")
+    return module.main(rest)
 
 
 if __name__ == "__main__":

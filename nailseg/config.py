@@ -39,5 +39,22 @@ def compose_config(
         )
 
 
+def register_schemas() -> None:
+    """Put the augmentation policy's defaults (the :class:`~nailseg.augment.policy.AugPolicy`
+    dataclass, the one place they are written) in Hydra's ConfigStore as ``aug/policy/defaults``.
+
+    Every policy file starts from it (``defaults: [defaults, _self_]``), so each policy key exists
+    in the composed config and ``aug.policy.affine.degrees=30`` is a plain override for any
+    policy, while the values are written once, in Python. The policy module is the config
+    schema of its group, so this layer may import it (see docs/ARCHITECTURE.md).
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from nailseg.augment.policy import policy_defaults
+
+    ConfigStore.instance().store(group="aug/policy", name="defaults", node=policy_defaults())
+
+
 # Once, when the package's config layer is first imported (train.py and every command import it).
 register_resolvers()
+register_schemas()

@@ -9,7 +9,9 @@ Two kinds of checks:
 
 - :data:`RULES`: the values a typo or a wrong unit would break far from the cause (a batch size
   of 2.5 trained as 2, ``max_epochs=abc`` as a bare ``AssertionError`` inside Lightning).
-- Unknown keys: every node with a ``_target_`` may hold only arguments its target takes. Hydra
+- Unknown keys: every node with a ``_target_`` may hold only arguments its target takes (and
+  the keys in the target's ``SHORTCUT_KEYS``, such as ``data.root``, which only the node's
+  children read: :func:`nailseg.data.datamodule_node` drops them before building). Hydra
   refuses an unknown key unless it is added with ``+key=``, as its own hint suggests; followed on
   a typo (``+data.batch_sise=4``), that hint would end in a ``TypeError`` from the constructor.
   Here it ends in "did you mean data.batch_size?".
@@ -167,7 +169,11 @@ def _unknown_keys(cfg: DictConfig) -> Iterator[str]:
             continue  # no signature to check against (a builtin)
         if any(p.kind == p.VAR_KEYWORD for p in parameters):
             continue  # takes anything; the target checks its own keywords
-        named = sorted(p.name for p in parameters if p.kind != p.VAR_POSITIONAL)
+        named = sorted(
+            {p.name for p in parameters if p.kind != p.VAR_POSITIONAL}
+            # Keys the node holds for its children to interpolate, e.g. the data node's root.
+            | set(getattr(obj, "SHORTCUT_KEYS", ()))
+        )
         for key, value in node.items():
             if key in HYDRA_KEYS or key in named:
                 continue
@@ -261,5 +267,17 @@ def compose_error(err: Exception, overrides: Sequence[str], config_dir: Path = C
                 f"Unknown key {full}.{did_you_mean(key, keys, prefix)} {fix}."
                 f" Keys of {parent or 'the config'}: {', '.join(keys)}."
             )
+    missing = re.search(r"Could not find '(.+)/([^/']+)'", str(err))
+    options = re.search(
+        r"Available options in '[^']+':\s*(.*?)(?:Config search path:|$)", str(err), re.S
+    )
+    if missing and options:
+        group, name = missing.groups()
+        # data/default.yaml is the layouts' shared base, not a layout.
+        names = [o for o in options.group(1).split() if (group, o) != ("data", "default")]
+        return (
+            f"Unknown option {group}={name}.{did_you_mean(name, names, f'{group}=')}"
+            f" Options of {group}: {', '.join(names)}."
+        )
     text = str(err).split("Config search path:")[0]
     return " ".join(line.strip() for line in text.splitlines() if line.strip())

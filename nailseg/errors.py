@@ -1,8 +1,20 @@
-"""User-facing errors.
+"""User-facing errors, and the one mapping from an error to a message and an exit status.
 
 Every message names the offending value (and file, where there is one) and says how to fix it.
-The entry points print these without a traceback; anything else is a bug and keeps its traceback.
+The entry points print these without a traceback (:func:`report`); anything else is a bug and
+keeps its traceback.
+
+Exit status of ``train.py`` and every ``nailseg`` command:
+
+====  ===================================================================================
+0     done
+1     the answer is no: ``nailseg diff`` found differences; a multirun had failed jobs
+2     a user error (:class:`NailsegError`: config, data, command-line arguments)
+130   stopped by Ctrl-C (SIGINT); 143: by SIGTERM (the run is recorded as interrupted)
+====  ===================================================================================
 """
+
+import sys
 
 
 class NailsegError(Exception):
@@ -37,3 +49,20 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, exit_code: int = 130) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+EXIT_OK, EXIT_NO, EXIT_ERROR = 0, 1, 2
+
+
+def report(err: BaseException) -> int:
+    """Print a user error (or an interruption) as one line on stderr; returns the exit status.
+
+    Examples:
+        >>> report(ConfigError("data.image_size=100 is invalid: use a multiple of 32."))
+        2
+    """
+    if isinstance(err, RunInterrupted):
+        print(f"interrupted: {err}", file=sys.stderr)
+        return err.exit_code
+    print(f"error: {user_error(err) or err}", file=sys.stderr)
+    return EXIT_ERROR

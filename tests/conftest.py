@@ -88,3 +88,19 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
 requires_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(), reason=f"needs the nails52 data set at {SHARED_DATA} (../shared)"
 )
+
+
+def nailseg_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
+    """``nailseg ARGV`` in this process: its exit status and the last line it wrote to stderr.
+
+    A command returns its status; a training job inside Hydra exits with it (``SystemExit``).
+    """
+    from nailseg.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    return code, lines[-1] if lines else ""

@@ -13,7 +13,7 @@ import pytest
 import torch
 from pytorch_lightning.utilities import move_data_to_device
 
-from nailseg.train import build_datamodule
+from nailseg.build import build_datamodule
 from tests.conftest import quiet_trainer
 
 

@@ -131,7 +131,7 @@ def test_cuda_draws_and_warps_as_the_cpu_does() -> None:
 @requires_cuda
 def test_a_cuda_train_step_has_no_host_sync(make_cfg) -> None:
     """Transform, forward, loss, metrics, backward and optimiser step with syncs made errors."""
-    from nailseg.train import build_module
+    from nailseg.build import build_module
 
     cfg = make_cfg("aug=kornia_gpu", "aug/policy=heavy")
     module = build_module(cfg).cuda()

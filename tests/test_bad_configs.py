@@ -17,7 +17,9 @@ import pytest
 from nailseg.cli import main as nailseg
 from nailseg.config import REPO_ROOT
 from nailseg.config_check import check_config
+from nailseg.errors import EXIT_ERROR
 from nailseg.train import task
+from tests.conftest import nailseg_cli
 from tests.test_config import EXPERIMENTS, group_options
 
 # (overrides, what the one-line message must name)
@@ -44,12 +46,13 @@ BAD = [
 
 @pytest.mark.parametrize(("overrides", "named"), BAD, ids=[b[0] for b in BAD])
 def test_bad_config_is_one_line_naming_the_key(
-    make_cfg, tmp_path: Path, overrides: str, named: str
+    make_cfg, tmp_path: Path, capsys: pytest.CaptureFixture, overrides: str, named: str
 ) -> None:
     cfg = make_cfg(*overrides.split())
     with pytest.raises(SystemExit) as stop:
         task(cfg)
-    message = str(stop.value.code)
+    assert stop.value.code == EXIT_ERROR
+    message = capsys.readouterr().err.strip()
     assert message.startswith("error: ") and "\n" not in message
     assert named in message
     record = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -129,6 +132,28 @@ PREVIEW = [
 def test_preview_bad_input_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture, case: str, args, named: str
 ) -> None:
-    assert nailseg(["preview", *args(tmp_path), f"paths.data_dir={tmp_path / 'data'}"]) == 1
+    code = nailseg(["preview", *args(tmp_path), f"paths.data_dir={tmp_path / 'data'}"])
+    assert code == EXIT_ERROR
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and named in err
+
+
+# Misspelt keys and group options stop before Hydra starts: one line, did-you-mean, exit 2.
+COMPOSE = [
+    ("data.imagesize=64", "Did you mean data.image_size"),
+    ("trainer.max_epoch=2", "Did you mean trainer.max_epochs?"),
+    ("aug=kornia_gpuu", "Did you mean aug=kornia_gpu?"),
+    ("model=unett", "Did you mean model=unet?"),
+    ("-m encoder=resnet18,resnet344 aug=albu_cpuu", "Did you mean aug=albu_cpu?"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "named"), COMPOSE, ids=[c[0] for c in COMPOSE])
+def test_train_refuses_misspelt_names_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture, overrides: str, named: str
+) -> None:
+    code, message = nailseg_cli(
+        capsys, "train", *overrides.split(), f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert code == EXIT_ERROR and message.startswith("error: ") and named in message, message
+    assert not (tmp_path / "run").exists()  # nothing started

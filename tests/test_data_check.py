@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nailseg.data.check import cli as check_data
-from nailseg.errors import DataError
-from nailseg.train import build_datamodule
+from nailseg.build import build_datamodule
+from nailseg.commands.check_data import main as check_data
+from nailseg.errors import EXIT_ERROR, DataError
 from tests.conftest import SHARED_DATA, requires_shared_data
 from tests.test_data_layouts import folder_cfg, make_folder, nail_mask, write_image, write_mask
 
@@ -153,9 +153,9 @@ def test_check_data_command_reports_and_fails(tmp_path: Path, capsys) -> None:
     assert "6 pair(s) found, 6 usable" in out and "mask rule: foreground = gray > 127" in out
     assert "problems: none" in out and "split: 5 train, 1 valid" in out
     write_image(root / "images" / "orphan.png", 99)
-    assert check_data(args) == 1
+    assert check_data(args) == EXIT_ERROR
     assert "1 images without masks" in capsys.readouterr().err
-    assert check_data(["data=folder"]) == 1
+    assert check_data(["data=folder"]) == EXIT_ERROR
     assert "data.images" in capsys.readouterr().err
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nailseg.build import build_datamodule
 from nailseg.data.cache import DiskCache, cache_key
 from nailseg.data.io import read_mask
 from nailseg.errors import ConfigError, DataError
-from nailseg.train import build_datamodule
 
 SIZE = 32
 

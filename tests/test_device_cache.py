@@ -16,11 +16,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from nailseg.build import build_datamodule
 from nailseg.data import datamodule as datamodule_module
 from nailseg.data.datamodule import compute_dtype
 from nailseg.data.device import DeviceBatches, free_memory
 from nailseg.errors import ConfigError
-from nailseg.train import build_datamodule, run
+from nailseg.train import run
 from tests.conftest import quiet_trainer
 
 # Two short epochs: the second one shows that Lightning calls set_epoch on the device loader.

@@ -11,8 +11,8 @@ import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import save_file
 
+from nailseg.build import build_module
 from nailseg.errors import EncoderWeightsError
-from nailseg.train import build_module
 
 # One small encoder per family: torchvision-style ResNet, the two EfficientNet ports, timm ("tu-").
 FAMILIES = ["resnet18", "efficientnet-b0", "timm-efficientnet-b0", "tu-resnet10t"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nailseg.errors import ConfigError, DataError, EncoderWeightsError
-from nailseg.train import build_datamodule, build_module
+from nailseg.build import build_datamodule, build_module
+from nailseg.errors import EXIT_ERROR, ConfigError, DataError, EncoderWeightsError
 from tests.conftest import train_py
 
 
@@ -52,7 +52,7 @@ def test_cli_error_is_one_clear_line_and_failed_record(tmp_path: Path) -> None:
     out = train_py(
         "encoder.name=resnet81", f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path / 'data'}"
     )
-    assert out.returncode == 1
+    assert out.returncode == EXIT_ERROR
     assert "error: Unknown encoder 'resnet81'" in out.stderr
     assert "Traceback" not in out.stderr
     record = (run_dir / "run.json").read_text()

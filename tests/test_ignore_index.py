@@ -11,10 +11,10 @@ import segmentation_models_pytorch as smp
 import torch
 from hydra.utils import instantiate
 
+from nailseg.build import build_datamodule, build_module
 from nailseg.errors import ConfigError
 from nailseg.model import SegmentationModule
 from nailseg.model.losses import SymmetricLovaszLoss, WeightedSum
-from nailseg.train import build_datamodule, build_module
 from tests.conftest import quiet_trainer
 from tests.test_masks_and_images import make_voc
 

@@ -16,11 +16,11 @@ from PIL import Image, ImageOps
 from nailseg.augment.albu import AlbumentationsAugment
 from nailseg.augment.base import augment_arrays
 from nailseg.augment.kornia_gpu import KorniaAugment
+from nailseg.build import build_datamodule
+from nailseg.commands.check_data import main as check_data
 from nailseg.config import compose_config
-from nailseg.data.check import cli as check_data
 from nailseg.data.io import _orient, read_image
-from nailseg.errors import ConfigError, DataError
-from nailseg.train import build_datamodule
+from nailseg.errors import EXIT_ERROR, ConfigError, DataError
 from tests.test_data_layouts import folder_cfg, make_folder, nail_mask, write_image, write_mask
 
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0, 0, 0] * 252 + [224, 224, 192]
@@ -247,7 +247,8 @@ def test_empty_csv_list_file_is_one_clear_line(make_cfg, tmp_path: Path, capsys)
     empty.write_bytes(b"")
     with pytest.raises(DataError, match=f"List file {empty} is empty. Write a header row"):
         build_datamodule(make_cfg("data=csv", f"data.file={empty}")).setup("fit")
-    assert check_data(["data=csv", f"data.file={empty}", f"paths.data_dir={tmp_path}"]) == 1
+    code = check_data(["data=csv", f"data.file={empty}", f"paths.data_dir={tmp_path}"])
+    assert code == EXIT_ERROR
     err = capsys.readouterr().err
     assert err.startswith(f"error: List file {empty} is empty") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

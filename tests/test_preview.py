@@ -11,7 +11,8 @@ import pytest
 from nailseg.augment.base import NoAugment
 from nailseg.augment.kornia_gpu import KorniaAugment
 from nailseg.cli import main
-from nailseg.preview import LABEL_HEIGHT, overlay_mask, preview_grid
+from nailseg.errors import EXIT_ERROR
+from nailseg.pictures import LABEL_HEIGHT, overlay_mask, preview_grid
 
 TILE = 32
 
@@ -95,5 +96,5 @@ def test_command_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
 
 
 def test_command_names_a_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["preview", "aug=nope", f"paths.data_dir={tmp_path}"]) == 1
+    assert main(["preview", "aug=nope", f"paths.data_dir={tmp_path}"]) == EXIT_ERROR
     assert "nope" in capsys.readouterr().err

@@ -23,10 +23,17 @@ import pytest
 import torch
 import yaml
 
-from nailseg import cli
 from nailseg.config import REPO_ROOT
+from nailseg.errors import EXIT_ERROR
 from nailseg.runs.record import read_run
-from tests.conftest import FAST_OVERRIDES, FAST_SYNTHETIC, ONE_THREAD_ENV, train_ok, train_py
+from tests.conftest import (
+    FAST_OVERRIDES,
+    FAST_SYNTHETIC,
+    ONE_THREAD_ENV,
+    nailseg_cli,
+    train_ok,
+    train_py,
+)
 
 TINY = (
     "trainer=debug",
@@ -177,17 +184,17 @@ def test_resume_removes_junk_of_a_killed_checkpoint_write(resumed_copy: dict) ->
 
 @pytest.mark.slow
 def test_unreadable_last_ckpt_names_it_and_offers_the_newest_readable(
-    interrupted: dict, tmp_path: Path
+    interrupted: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     broken = copy_run(interrupted["orig"], interrupted["root"] / "broken").resolve()
     last = broken / "checkpoints" / "last.ckpt"
     data = last.read_bytes()
     last.unlink()  # a hard link: write a new, truncated file instead of cutting the shared one
     last.write_bytes(data[: len(data) // 2])
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["train", f"resume={broken}", f"hydra.run.dir={tmp_path / 'log'}"])
-    message = str(exit_.value.code)
-    assert "\n" not in message and message.startswith("error: ")
+    code, message = nailseg_cli(
+        capsys, "train", f"resume={broken}", f"hydra.run.dir={tmp_path / 'log'}"
+    )
+    assert code == EXIT_ERROR and message.startswith("error: ")
     assert "checkpoints/last.ckpt" in message and "cannot be read" in message
     offered = re.search(r"python train\.py (resume=(\S+\.ckpt))", message)
     assert offered, message
@@ -224,27 +231,26 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     assert re.search(r"#1 +completed +encoder\.name=resnet18", summary), summary
 
 
-def test_unwritable_output_dir_is_one_line(tmp_path: Path) -> None:
+def test_unwritable_output_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(
-            [
-                "train",
-                f"paths.output_dir={blocker}/out",
-                "trainer=debug",
-                f"paths.data_dir={tmp_path / 'data'}",
-                f"hydra.run.dir={tmp_path / 'hydra'}",
-            ]
-        )
-    message = str(exit_.value.code)
-    assert "\n" not in message
+    code, message = nailseg_cli(
+        capsys,
+        "train",
+        f"paths.output_dir={blocker}/out",
+        "trainer=debug",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    )
+    assert code == EXIT_ERROR
     assert message.startswith(f"error: paths.output_dir={blocker}/out cannot be written")
     assert f"{blocker} is a file, not a folder" in message
 
 
 @pytest.mark.parametrize("blocker", ["file", "read-only folder"])
-def test_unwritable_runs_dir_is_one_line(tmp_path: Path, blocker: str) -> None:
+def test_unwritable_runs_dir_is_one_line(
+    tmp_path: Path, blocker: str, capsys: pytest.CaptureFixture
+) -> None:
     runs_dir = tmp_path / "blocker"
     if blocker == "file":
         runs_dir.write_text("not a folder")
@@ -253,10 +259,8 @@ def test_unwritable_runs_dir_is_one_line(tmp_path: Path, blocker: str) -> None:
         if os.geteuid() == 0:
             pytest.skip("root writes into a read-only folder; the 'file' case covers root")
         runs_dir.mkdir(mode=0o555)
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["train", f"paths.runs_dir={runs_dir}", "trainer=debug"])
-    message = str(exit_.value.code)
-    assert "\n" not in message and message.startswith("error: the run dir ")
+    code, message = nailseg_cli(capsys, "train", f"paths.runs_dir={runs_dir}", "trainer=debug")
+    assert code == EXIT_ERROR and message.startswith("error: the run dir ")
     assert "cannot be written" in message and "paths.runs_dir=" in message
 
 

@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -24,14 +25,12 @@ import yaml
 
 from nailseg import cli
 from nailseg.config import REPO_ROOT
-from nailseg.data.pairs import Pair
-from nailseg.errors import ConfigError
+from nailseg.errors import EXIT_ERROR, ConfigError
 from nailseg.runs.checkpoint import AtomicCheckpointIO, RNGStateCallback
 from nailseg.runs.diff import RUN_DIR_TOKEN
-from nailseg.runs.fingerprint import data_fingerprint
 from nailseg.runs.record import find_run_dir, read_run
 from nailseg.runs.rerun import merge_overrides
-from tests.conftest import ONE_THREAD_ENV, train_ok
+from tests.conftest import ONE_THREAD_ENV, nailseg_cli, train_ok
 
 TINY = (
     "trainer=debug",
@@ -54,26 +53,6 @@ def diff(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------- units (fast)
-
-
-def test_data_fingerprint_tracks_csvs_sizes_and_mask_rule(tmp_path: Path) -> None:
-    for name in ("a.png", "a_mask.png"):
-        (tmp_path / name).write_bytes(b"12345")
-    (tmp_path / "train.csv").write_text("image,mask,group\na.png,a_mask.png,\n")
-    splits = {"train": [Pair(tmp_path / "a.png", tmp_path / "a_mask.png")], "valid": []}
-    base = data_fingerprint(tmp_path, splits)
-    assert base == data_fingerprint(tmp_path, splits)
-    assert base["n"] == {"train": 1, "valid": 0}
-    assert (
-        data_fingerprint(tmp_path, splits, mask_rule={"threshold": 127})["sha256"] != base["sha256"]
-    )
-    (tmp_path / "a_mask.png").write_bytes(b"123456")
-    resized = data_fingerprint(tmp_path, splits)
-    assert resized["files_sha256"] != base["files_sha256"]
-    (tmp_path / "train.csv").write_text("image,mask,group\na.png,a_mask.png,g\n")
-    assert data_fingerprint(tmp_path, splits)["csv_sha256"] != resized["csv_sha256"]
-    (tmp_path / "a.png").unlink()
-    assert data_fingerprint(tmp_path, splits)["missing_files"] == [str(tmp_path / "a.png")]
 
 
 def test_atomic_checkpoint_io_keeps_the_previous_file_on_failure(tmp_path: Path) -> None:
@@ -191,25 +170,39 @@ def test_every_run_records_itself(runs: dict) -> None:
     assert Path(record["best_checkpoint"]).is_file() and Path(record["last_checkpoint"]).is_file()
 
 
+def record_norm(runs: dict) -> dict:
+    normalization = read_run(runs["full"])["normalization"]
+    assert set(normalization) == {"mean", "std"} and len(normalization["mean"]) == 3
+    return normalization
+
+
 @pytest.mark.slow
 def test_checkpoints_load_with_weights_only(runs: dict) -> None:
     state = torch.load(runs["full"] / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["epoch"] == 3 and "hyper_parameters" not in state
+    assert state["epoch"] == 3
+    # Only plain values: how inputs were normalised travels with the weights.
+    assert state["hyper_parameters"] == {"threshold": 0.5, "normalization": record_norm(runs)}
     assert "RNGStateCallback" in state["callbacks"]
 
 
 @pytest.mark.slow
-def test_resume_refuses_contradicting_overrides(runs: dict, tmp_path: Path) -> None:
+def test_resume_refuses_contradicting_overrides(
+    runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     killed = runs["killed"]
     assert read_run(killed)["status"] == "running"  # really killed before the end
     for override, recorded in (
         ("trainer.max_epochs=5", "trainer.max_epochs=4"),
         ("encoder=resnet34", "encoder=resnet18"),
     ):
-        with pytest.raises(SystemExit, match=f"contradict the recorded run.*{recorded}"):
-            cli.main(["train", f"resume={killed}", override, f"hydra.run.dir={tmp_path}"])
-    with pytest.raises(SystemExit, match="completed; there is nothing to resume"):
-        cli.main(["train", f"resume={runs['full']}", f"hydra.run.dir={tmp_path}"])
+        code, message = nailseg_cli(
+            capsys, "train", f"resume={killed}", override, f"hydra.run.dir={tmp_path}"
+        )
+        assert code == EXIT_ERROR and re.search(f"contradict the recorded run.*{recorded}", message)
+    code, message = nailseg_cli(
+        capsys, "train", f"resume={runs['full']}", f"hydra.run.dir={tmp_path}"
+    )
+    assert code == EXIT_ERROR and "completed; there is nothing to resume" in message
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nailseg.data.pairs import GroupedFolderSource, Pair
+from nailseg.data.sources import GroupedFolderSource, Pair
 from nailseg.data.split import load_or_create_split, stratified_split
 from nailseg.data.synthetic import GROUPS, draw_sample, generate_dataset
 

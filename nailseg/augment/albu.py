@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import operator
 import random
+from collections.abc import Mapping
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -15,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nailseg.augment.base import AugmentBackend, SampleTransform
-from nailseg.augment.policy import AugPolicy
+from nailseg.augment.base import AugmentBackend, SampleTransform, mask_tensor
+from nailseg.augment.policy import AugPolicy, resolve_normalization
 
 
 class SubpixelAffine(A.Affine):
@@ -41,7 +43,12 @@ _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 _LOW128 = (1 << 128) - 1
 
 
-def build_albumentations(policy: AugPolicy, train: bool, normalize: bool = True) -> A.Compose:
+def build_albumentations(
+    policy: AugPolicy,
+    train: bool,
+    normalize: bool = True,
+    normalization: Mapping[str, Any] | None = None,
+) -> A.Compose:
     """Compile ``policy`` to an ``A.Compose``; validation gets only normalisation.
 
     Args:
@@ -50,6 +57,8 @@ def build_albumentations(policy: AugPolicy, train: bool, normalize: bool = True)
             normalisation.
         normalize: end with ``A.Normalize`` (:func:`albu_normalize`); without it the pipeline
             returns the augmented ``uint8`` image.
+        normalization: the encoder's ``mean``/``std`` where the policy leaves them null
+            (:func:`~nailseg.augment.policy.resolve_normalization`; ``None``: ImageNet's).
 
     Returns:
         A pipeline taking ``image`` (``uint8`` HWC) and ``mask`` (``uint8`` HW) keyword arguments.
@@ -90,13 +99,15 @@ def build_albumentations(policy: AugPolicy, train: bool, normalize: bool = True)
         if policy.colour is not None and policy.colour.ops():
             steps.append(A.OneOf(_colour_ops(policy), p=policy.colour.p))
     if normalize:
-        steps.append(albu_normalize(policy))
+        steps.append(albu_normalize(resolve_normalization(policy, normalization)))
     return A.Compose(steps)
 
 
-def albu_normalize(policy: AugPolicy) -> A.Normalize:
-    """The policy's normalisation as Albumentations' ``Normalize`` (the last step of a pipeline)."""
-    return A.Normalize(mean=policy.mean, std=policy.std, max_pixel_value=255.0)
+def albu_normalize(normalization: Mapping[str, Any]) -> A.Normalize:
+    """``{"mean": ..., "std": ...}`` as Albumentations' ``Normalize`` (a pipeline's last step)."""
+    return A.Normalize(
+        mean=tuple(normalization["mean"]), std=tuple(normalization["std"]), max_pixel_value=255.0
+    )
 
 
 def _colour_ops(policy: AugPolicy) -> list[A.BasicTransform]:
@@ -205,17 +216,23 @@ class _SeededAlbumentations:
         self._reseed(seed)
         out = self.pipeline(image=image, mask=mask)
         image_t = torch.from_numpy(self._normalize(out["image"]))
-        return image_t, torch.from_numpy(np.ascontiguousarray(out["mask"]))[None]
+        return image_t, mask_tensor(out["mask"])
 
 
 class AlbumentationsAugment(AugmentBackend):
-    """Per-sample augmentation and normalisation on the CPU, in the DataLoader workers."""
+    """Per-sample augmentation and normalisation on the CPU, in the DataLoader workers.
 
+    Takes the arguments of :class:`~nailseg.augment.base.AugmentBackend` (``policy``,
+    ``channels_last``, ``normalization``).
+    """
+
+    # What ``data.cache=device``'s refusal calls this backend (nailseg.data.device.check_backend).
     name = "albu_cpu"
 
     def sample_transform(self, train: bool) -> SampleTransform:
         return _SeededAlbumentations(
-            build_albumentations(self.policy, train, normalize=False), albu_normalize(self.policy)
+            build_albumentations(self.policy, train, normalize=False),
+            albu_normalize(self.normalization),
         )
 
     def batch_transform(

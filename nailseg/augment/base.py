@@ -5,9 +5,15 @@ Shape contract (checked at the boundaries, written once here):
 - In DataLoader workers a backend receives one decoded, resized sample: image ``uint8``
   ``(H, W, 3)`` and mask ``uint8`` ``(H, W)`` in ``{0, 1}`` (or the void value
   ``data.ignore_index``, which masks keep through every transform), plus the sample's seed.
-- On the device it receives the batch (``uint8``, from workers or ``data.cache=device``) and
-  returns the image ``(B, 3, H, W)`` normalised, in the dtype the model computes in, and the mask
-  ``float32`` ``(B, 1, H, W)`` with the same values.
+- On the device it receives the batch as the workers returned it (``uint8`` for ``aug=none``
+  and ``aug=kornia_gpu``, also from ``data.cache=device``; normalised ``float32`` for
+  ``aug=albu_cpu``) and returns the image ``(B, 3, H, W)`` normalised, in the dtype the model
+  computes in, and the mask ``float32`` ``(B, 1, H, W)`` with the same values.
+
+Normalisation: the policy's ``mean``/``std`` where set, else the ``normalization`` a backend is
+given (the encoder's pretrained values), else ImageNet's
+(:func:`~nailseg.augment.policy.resolve_normalization`); the values in use are the backend's
+``normalization`` attribute.
 """
 
 from __future__ import annotations
@@ -19,17 +25,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nailseg.augment.policy import AugPolicy
+from nailseg.augment.policy import AugPolicy, resolve_normalization
 
 SampleTransform = Callable[[np.ndarray, np.ndarray, int], tuple[Tensor, Tensor]]
 
 
+def mask_tensor(mask: np.ndarray) -> Tensor:
+    """An ``(H, W)`` mask array as a ``(1, H, W)`` tensor of the same dtype and values."""
+    return torch.from_numpy(np.ascontiguousarray(mask))[None]
+
+
 def to_uint8_tensors(image: np.ndarray, mask: np.ndarray, seed: int = 0) -> tuple[Tensor, Tensor]:
     """``(H, W, 3)``/``(H, W)`` arrays to ``uint8`` ``(3, H, W)``/``(1, H, W)`` tensors."""
-    return (
-        torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-        torch.from_numpy(np.ascontiguousarray(mask))[None],
-    )
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), mask_tensor(mask)
 
 
 class AugmentBackend:
@@ -41,16 +49,25 @@ class AugmentBackend:
     Args:
         policy: the augmentation policy (a config mapping or an :class:`AugPolicy`).
         channels_last: return device batches in ``torch.channels_last`` memory format.
+        normalization: ``{"mean": [r, g, b], "std": [r, g, b]}`` (the encoder's pretrained
+            normalisation; other keys are ignored), used where the policy leaves ``mean``/``std``
+            null; ``None``: ImageNet's.
+
+    Attributes:
+        normalization: the ``mean`` and ``std`` in use, as plain lists (to record with a run).
+        mean, std: the same as ``float32`` tensors.
     """
 
-    name = "none"
-
     def __init__(
-        self, policy: Mapping[str, Any] | AugPolicy | None = None, channels_last: bool = False
+        self,
+        policy: Mapping[str, Any] | AugPolicy | None = None,
+        channels_last: bool = False,
+        normalization: Mapping[str, Any] | None = None,
     ) -> None:
         self.policy = AugPolicy.from_config(policy)
-        self.mean = torch.tensor(self.policy.mean, dtype=torch.float32)
-        self.std = torch.tensor(self.policy.std, dtype=torch.float32)
+        self.normalization = resolve_normalization(self.policy, normalization)
+        self.mean = torch.tensor(self.normalization["mean"], dtype=torch.float32)
+        self.std = torch.tensor(self.normalization["std"], dtype=torch.float32)
         self.channels_last = bool(channels_last)
         # (scale, shift) per device: copied there once, not once per batch.
         self._affine: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -111,7 +128,7 @@ class NoAugment(AugmentBackend):
 
 
 def denormalize(image: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Undo :func:`normalize`: a normalised ``(B, 3, H, W)`` image back to [0, 1]."""
+    """Undo a backend's normalisation (its ``mean``, ``std``): ``(B, 3, H, W)`` back to [0, 1]."""
     return image * std.to(image.device).view(1, -1, 1, 1) + mean.to(image.device).view(1, -1, 1, 1)
 
 

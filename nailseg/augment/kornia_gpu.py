@@ -133,9 +133,9 @@ class KorniaAugment(AugmentBackend):
         compile: run the whole training transform through ``torch.compile``.
         select: ``auto`` (``where`` on CUDA, ``subset`` elsewhere), ``where`` or ``subset``:
             how an op is kept to the samples it applies to (both give the same values).
+        normalization: the encoder's ``{"mean": ..., "std": ...}``, used where the policy leaves
+            them null; ``None``: ImageNet's (see :class:`~nailseg.augment.base.AugmentBackend`).
     """
-
-    name = "kornia_gpu"
 
     def __init__(
         self,
@@ -143,8 +143,9 @@ class KorniaAugment(AugmentBackend):
         channels_last: bool = False,
         compile: bool = False,
         select: str = "auto",
+        normalization: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(policy, channels_last=channels_last)
+        super().__init__(policy, channels_last=channels_last, normalization=normalization)
         if select not in SELECT_MODES:
             raise ConfigError(
                 f"aug.select={select!r} is invalid: expected one of {list(SELECT_MODES)}."

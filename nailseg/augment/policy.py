@@ -23,7 +23,20 @@ uniformly from the stated range, independently per sample, in both backends:
   Albumentations' ``RandomBrightnessContrast(brightness_by_max=True)`` computes: its docstring
   mentions a mean, its code does not use one); ``clahe`` equalises the L channel of LAB with a
   clip limit drawn from ``clip_limit`` (OpenCV's units: a multiple of the mean histogram bin).
-- ``mean`` / ``std``: normalisation of the [0, 1] image, channel by channel (RGB).
+- ``mean`` / ``std``: normalisation of the [0, 1] image, channel by channel (RGB). ``null`` (the
+  default) means the encoder's pretrained normalisation, which the builder reads from smp
+  (:func:`nailseg.model.network.encoder_normalization`) and hands to the backend as
+  ``normalization=``; without one, ImageNet's (:data:`IMAGENET_NORMALIZATION`, also what smp
+  gives ``resnet18``). Set both to override the encoder's values. The values a backend uses are
+  its ``normalization`` attribute.
+
+Schema: the dataclasses below are the whole schema and hold every default; a policy file lists
+only what differs from them (``conf/aug/policy/tutorial.yaml`` is empty: the defaults are the
+seed tutorial's policy). :meth:`AugPolicy.from_config` merges the config into
+``OmegaConf.structured(AugPolicy)``, so OmegaConf rejects unknown keys and values of the wrong
+type, and then checks every range here; both kinds of error are a
+:class:`~nailseg.errors.ConfigError` naming the key (``aug.policy.affine.degres``), the value and
+the fix.
 
 Output size: there is no size in the policy. The data layer resizes every sample to
 ``data.image_size`` before augmentation (both backends need equal sizes to batch, Kornia before
@@ -51,13 +64,23 @@ Remaining differences between the backends, none of them in a parameter's distri
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, get_args, get_type_hints
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from nailseg.config_check import did_you_mean
 from nailseg.errors import ConfigError
 
 INTERPOLATIONS = ("bilinear", "nearest")
+# ImageNet's mean and std: the normalisation when neither the policy nor the encoder gives one.
+IMAGENET_NORMALIZATION: Mapping[str, tuple[float, float, float]] = {
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+}
 
 
 @dataclass(frozen=True)
@@ -131,10 +154,15 @@ class Colour:
 class AugPolicy:
     """The whole policy. ``None`` (``null`` in YAML) for a part switches that part off.
 
+    The defaults are the seed tutorial's policy (``aug/policy=tutorial``).
+
     Examples:
         >>> policy = AugPolicy.from_config({"hflip_p": 0.5, "noise": None, "colour": None})
-        >>> policy.affine.degrees, policy.noise
-        (15.0, None)
+        >>> policy.affine.degrees, policy.affine.scale, policy.noise, policy.mean
+        (15.0, (0.9, 1.1), None, None)
+        >>> AugPolicy.from_config({"affine": {"degres": 30}})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        nailseg.errors.ConfigError: Unknown key aug.policy.affine.degres=30. ...affine.degrees? ...
     """
 
     hflip_p: float = 0.5
@@ -143,19 +171,31 @@ class AugPolicy:
     noise: Noise | None = field(default_factory=Noise)
     blur: Blur | None = field(default_factory=Blur)
     colour: Colour | None = field(default_factory=Colour)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # None: the encoder's normalisation (the backend's ``normalization=``), else ImageNet's.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | AugPolicy | None) -> AugPolicy:
-        """Build from a config mapping, rejecting unknown keys with the list of valid ones.
+        """Build from a config mapping: the dataclass defaults, overridden by ``config``.
 
         Raises:
-            ConfigError: for an unknown key or a value out of its range (the message names both).
+            ConfigError: for an unknown key (with the closest valid ones), a value of the wrong
+                type, or a value out of its range; the message names the key and the value.
         """
         if isinstance(config, AugPolicy):
             return config
-        policy = _build(cls, dict(config or {}), "aug.policy")
+        try:
+            values = _plain(config or {})
+        except OmegaConfBaseException as err:
+            raise ConfigError(
+                f"aug.policy cannot be resolved ({_first_line(err)}). Fix it in conf/aug/policy/."
+            ) from err
+        try:
+            merged = OmegaConf.merge(_schema(cls), values)
+            policy = _tuples(OmegaConf.to_object(merged))
+        except OmegaConfBaseException as err:
+            raise _schema_error(err, values, cls) from err
         policy.validate()
         return policy
 
@@ -197,13 +237,7 @@ class AugPolicy:
             )
         if self.colour is not None:
             self._validate_colour(self.colour)
-        _check(len(self.mean) == 3, "mean", list(self.mean), "three values (RGB)")
-        _check(
-            len(self.std) == 3 and min(self.std) > 0,
-            "std",
-            list(self.std),
-            "three positive values (RGB)",
-        )
+        _check_normalization(self.mean, self.std, "aug.policy.")
 
     @staticmethod
     def _validate_colour(colour: Colour) -> None:
@@ -243,7 +277,7 @@ def _check(ok: bool, name: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(
             f"aug.policy.{name}={value} is invalid: expected {expected}."
-            f" Fix it in conf/aug/policy/ or override aug.policy.{name}=..."
+            f" Fix it in conf/aug/policy/ or override ++aug.policy.{name}=..."
         )
 
 
@@ -255,49 +289,211 @@ def _probability(name: str, value: Any) -> None:
 
 def _range(name: str, value: Any, low: float, high: float, example: str) -> None:
     ok = (
-        isinstance(value, tuple)
+        isinstance(value, tuple | list)
         and len(value) == 2
-        and all(isinstance(v, (int, float)) for v in value)
+        and all(isinstance(v, int | float) for v in value)
         and low <= value[0] <= value[1] <= high
     )
     _check(
         ok,
         name,
-        list(value) if isinstance(value, tuple) else value,
+        list(value) if isinstance(value, tuple | list) else value,
         f"[low, high] with {low} <= low <= high <= {high}, {example}",
     )
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {unknown} in {where}. Valid keys: {sorted(known)}.")
-    kwargs = {}
-    for name, value in values.items():
-        nested = _NESTED.get(name)
-        if nested is not None and isinstance(value, Mapping):
-            kwargs[name] = _build(nested, dict(value), f"{where}.{name}")
-        elif nested is not None and value is not None:
-            raise ConfigError(
-                f"{where}.{name}={value!r} must be a mapping of"
-                f" {sorted(f.name for f in fields(nested))}, or null to switch it off."
+def _check_normalization(mean: Any, std: Any, prefix: str) -> None:
+    """Three numbers for ``mean`` and three positive ones for ``std`` (either may be ``None``)."""
+
+    def numbers(value: Any) -> bool:
+        return (
+            isinstance(value, tuple | list)
+            and len(value) == 3
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        )
+
+    for name, value, ok, expected in (
+        ("mean", mean, numbers(mean), "three numbers (RGB)"),
+        ("std", std, numbers(std) and min(std) > 0, "three positive numbers (RGB)"),
+    ):
+        if value is not None and not ok:
+            shown = list(value) if isinstance(value, tuple | list) else value
+            fix = (
+                f", or null for the encoder's normalisation. Fix it in conf/aug/policy/ or"
+                f" override ++aug.policy.{name}=..."
+                if prefix == "aug.policy."
+                else "."
             )
-        elif isinstance(value, Sequence) and not isinstance(value, str):
-            # Hydra hands over ListConfig: make ranges plain, hashable tuples.
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+            raise ConfigError(f"{prefix}{name}={shown} is invalid: expected {expected}{fix}")
 
 
-# The class of each nested part of the policy.
-_NESTED = {
-    "affine": Affine,
-    "noise": Noise,
-    "blur": Blur,
-    "colour": Colour,
-    "hsv": HSV,
-    "clahe": Clahe,
-    "brightness_contrast": BrightnessContrast,
-}
+def resolve_normalization(
+    policy: AugPolicy, normalization: Mapping[str, Any] | None = None
+) -> dict[str, list[float]]:
+    """The ``mean`` and ``std`` a backend normalises with, as plain lists of floats.
+
+    Each is the policy's where it sets one, else ``normalization``'s (the encoder's, from
+    :func:`nailseg.model.network.encoder_normalization`; other keys such as ``source`` are
+    ignored), else ImageNet's (:data:`IMAGENET_NORMALIZATION`).
+
+    Examples:
+        >>> resolve_normalization(AugPolicy(), {"mean": [0.5] * 3, "std": [0.5] * 3})
+        {'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5]}
+        >>> resolve_normalization(AugPolicy(mean=(0.4, 0.4, 0.4)))["mean"]
+        [0.4, 0.4, 0.4]
+    """
+    given = _plain(normalization) if normalization is not None else {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(
+            f"normalization={given!r} is invalid: expected a mapping with mean and std, or null."
+        )
+    _check_normalization(given.get("mean"), given.get("std"), "normalization ")  # the encoder's
+    out = {}
+    for name in ("mean", "std"):
+        value = getattr(policy, name)
+        if value is None:
+            value = given.get(name)
+        if value is None:
+            value = IMAGENET_NORMALIZATION[name]
+        out[name] = [float(v) for v in value]
+    return out
+
+
+# --- the OmegaConf schema -------------------------------------------------------------------
+
+
+def policy_defaults() -> dict[str, Any]:
+    """The default policy (the seed tutorial's) as plain values, for Hydra's ConfigStore
+    (:func:`nailseg.config.register_schemas`).
+
+    Examples:
+        >>> policy_defaults()["affine"]["degrees"], policy_defaults()["mean"]
+        (15.0, None)
+    """
+    return OmegaConf.to_container(OmegaConf.structured(AugPolicy))
+
+
+def _schema(cls: type) -> DictConfig:
+    """``OmegaConf.structured(cls)``, writable.
+
+    OmegaConf makes the node of a frozen dataclass read-only, so nothing could be merged into it;
+    the dataclasses stay frozen for the backends, and only this copy of the schema is unlocked.
+    """
+    schema = OmegaConf.structured(cls)
+    _unlock(schema)
+    return schema
+
+
+def _unlock(node: DictConfig | ListConfig) -> None:
+    OmegaConf.set_readonly(node, False)
+    children = node.values() if isinstance(node, DictConfig) else node
+    for child in children:
+        if isinstance(child, DictConfig | ListConfig):
+            _unlock(child)
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists, interpolations resolved (Hydra hands over ``DictConfig`` nodes)."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {key: _plain(child) for key, child in value.items()}
+    return value
+
+
+def _tuples(obj: Any) -> Any:
+    """``OmegaConf.to_object``'s lists as tuples, as the frozen dataclasses declare them."""
+    if is_dataclass(obj):
+        return replace(obj, **{f.name: _tuples(getattr(obj, f.name)) for f in fields(obj)})
+    return tuple(obj) if isinstance(obj, list) else obj
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+_MISSING = object()
+
+
+def _lookup(values: Any, path: list[str]) -> Any:
+    for key in path:
+        if not isinstance(values, Mapping) or key not in values:
+            return _MISSING
+        values = values[key]
+    return values
+
+
+def _part_type(cls: type, name: str) -> type | None:
+    """The dataclass of field ``name`` of ``cls`` (``Affine`` for ``affine: Affine | None``)."""
+    hint = get_type_hints(cls).get(name)
+    return next(
+        (a for a in (*get_args(hint), hint) if isinstance(a, type) and is_dataclass(a)), None
+    )
+
+
+def _part(cls: type, path: list[str]) -> type | None:
+    """The dataclass at ``path`` below ``cls`` (``["colour", "hsv"]`` -> :class:`HSV`)."""
+    for key in path:
+        cls = _part_type(cls, key)
+        if cls is None:
+            return None
+    return cls
+
+
+def _misplaced(values: Any, cls: type, path: list[str]) -> list[str] | None:
+    """The path of the first part (``affine``, ``colour.hsv``...) given as neither a mapping nor
+    null, which OmegaConf's merge reports without a key."""
+    if not isinstance(values, Mapping):
+        return None
+    for f in fields(cls):
+        part = _part_type(cls, f.name)
+        if part is None or f.name not in values:
+            continue
+        value = values[f.name]
+        if value is not None and not isinstance(value, Mapping):
+            return [*path, f.name]
+        found = _misplaced(value, part, [*path, f.name])
+        if found:
+            return found
+    return None
+
+
+def _schema_error(err: OmegaConfBaseException, values: Any, cls: type) -> ConfigError:
+    """OmegaConf's error as ours: the key path under ``aug.policy``, the value and the fix."""
+    # full_key is "affine.degres", "affine.scale[0]", or "" for a merge error with no key.
+    path = [k for k in re.sub(r"\[\d+\]", "", err.full_key or "").split(".") if k]
+    if isinstance(err, ConfigKeyError) and path:
+        *parent, key = path
+        where = ".".join(["aug.policy", *parent])
+        part = _part(cls, parent)
+        valid = sorted(f.name for f in fields(part)) if part else []
+        return ConfigError(
+            f"Unknown key {where}.{key}={_show(_lookup(values, path))}."
+            f"{did_you_mean(key, valid, f'{where}.')} Valid keys of {where}:"
+            f" {', '.join(valid)}. Fix the name in conf/aug/policy/ or remove it."
+        )
+    if not path:
+        path = _misplaced(values, cls, []) or []
+    part = _part(cls, path) if path else None
+    name = ".".join(["aug.policy", *path])
+    shown = _show(_lookup(values, path)) if path else ""
+    if part is not None:
+        return ConfigError(
+            f"{name}={shown} is invalid: expected a mapping of"
+            f" {sorted(f.name for f in fields(part))}, or null to switch it off."
+            f" Fix it in conf/aug/policy/ or override ++{name}=..."
+        )
+    if path and _lookup(values, path) is None:
+        reason = "only a whole part (affine, noise, blur, colour or a colour op) can be null"
+    else:
+        reason = _first_line(err).rstrip(".")
+    return ConfigError(
+        f"{name}{'=' + shown if path else ''} is invalid: {reason}."
+        f" Fix it in conf/aug/policy/ or override ++{name}=..."
+    )
+
+
+def _show(value: Any) -> str:
+    return (
+        "<missing>" if value is _MISSING else repr(value) if isinstance(value, str) else str(value)
+    )

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from nailseg.data.masks import MaskRule
-from nailseg.data.pairs import Pair
+from nailseg.data.sources.base import Pair
 from nailseg.errors import ConfigError
 
 CACHE_KINDS = ("none", "ram", "disk", "device")

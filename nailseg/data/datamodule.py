@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -16,21 +17,18 @@ from nailseg.augment.base import AugmentBackend, NoAugment
 from nailseg.data.cache import DecodeCache, make_cache
 from nailseg.data.dataset import SegmentationDataset
 from nailseg.data.device import DeviceBatches, check_backend, check_fits, split_bytes, stack_split
+from nailseg.data.fingerprint import data_fingerprint
 from nailseg.data.io import check_image_scale
-from nailseg.data.pairs import Pair
 from nailseg.data.sampler import EpochSeededSampler
+from nailseg.data.sources.base import Pair, PairSource
 from nailseg.data.split import SPLITS, load_or_create_split, split_key, write_split
-from nailseg.data.validate import DataReport, check_pairs, describe, scan_source
+from nailseg.data.validate import DataReport, check_pairs, describe
 from nailseg.errors import ConfigError
 
 # Fewer validation samples than this make val metrics swing by whole images.
 TINY_VALID = 5
 
 log = logging.getLogger(__name__)
-
-
-class PairSource(Protocol):
-    def pairs(self) -> list[Pair]: ...
 
 
 def compute_dtype(precision: str | int | None) -> torch.dtype:
@@ -112,10 +110,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     """Data for binary segmentation.
 
     Args:
-        source: where pairs come from (an object with ``pairs()``; see ``conf/data``).
-        root: the data root the source reads; kept here so ``data.root=...`` is one override.
-            ``images``, ``masks`` and ``file`` are kept for the same reason (``data=folder``,
-            ``data=csv``); the DataModule itself does not read them.
+        source: where pairs come from (:mod:`nailseg.data.sources`; see ``conf/data``).
         image_size: side, or ``[height, width]``, every sample is resized to.
         augment: the augmentation backend (``conf/aug``); no augmentation when ``None``.
         batch_size: samples per batch.
@@ -135,9 +130,6 @@ class SegmentationDataModule(pl.LightningDataModule):
             is a gray level, never void.
         image_scale: how 16-bit images become 8-bit: ``max`` divides by 65535, ``range``
             stretches each image's own min..max (:func:`nailseg.data.io.to_uint8`).
-        images: image folder (``data=folder``).
-        masks: mask folder (``data=folder``).
-        file: list file of pairs (``data=csv``).
         cache: ``none``, ``ram``, ``disk`` or ``device`` (:mod:`nailseg.data.cache`). With
             ``device`` every split is kept on the model's device and batches are gathered there
             (:mod:`nailseg.data.device`): ``num_workers`` and ``pin_memory`` are then unused, the
@@ -154,12 +146,19 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     Split: pairs that carry a split (a list file's ``split`` column, VOC image sets) use it;
     otherwise a seeded, stratified split is made once and reused (:mod:`nailseg.data.split`).
+
+    The ``data`` config node also holds the keys in :attr:`SHORTCUT_KEYS` (``data.root`` ...),
+    which only its ``source`` reads; :func:`datamodule_node` leaves them out.
     """
+
+    # Keys a data config may hold for its source to interpolate (``root: ${..root}``), so that
+    # ``data.root=...`` is a short override; not arguments of this class. datamodule_node drops
+    # them and nailseg.config_check accepts them.
+    SHORTCUT_KEYS: ClassVar[tuple[str, ...]] = ("root", "images", "masks", "file")
 
     def __init__(
         self,
         source: PairSource,
-        root: str | Path | None = None,
         image_size: int | Sequence[int] = 256,
         augment: AugmentBackend | None = None,
         batch_size: int = 8,
@@ -170,9 +169,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         seed: int = 0,
         split_dir: str | Path = "data/splits",
         mask_threshold: float | None = None,
-        images: str | Path | None = None,
-        masks: str | Path | None = None,
-        file: str | Path | None = None,
         cache: str = "none",
         cache_dir: str | Path | None = "data/cache",
         on_invalid: str = "error",
@@ -182,7 +178,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         image_scale: str = "max",
     ) -> None:
         super().__init__()
-        self.source, self.root = source, root
+        self.source = source
         self.image_size = as_size(image_size)
         self.augment = augment or NoAugment()
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
@@ -193,7 +189,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.ignore_index = check_ignore_index(ignore_index)
         self.foreground = check_foreground(foreground, mask_threshold, self.ignore_index)
         self.image_scale = check_image_scale(image_scale)
-        self.images, self.masks, self.file = images, masks, file
         self.on_invalid = on_invalid
         self.cache: DecodeCache = make_cache(cache, cache_dir)
         self.device_cache_share = float(device_cache_share)
@@ -221,7 +216,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.report is None:
             name = describe(self.source)
             self.report = check_pairs(
-                scan_source(self.source),
+                self.source.scan(),
                 name,
                 self.mask_threshold,
                 self.on_invalid,
@@ -290,6 +285,15 @@ class SegmentationDataModule(pl.LightningDataModule):
                     mask_rule=report.rule,
                     image_scale=self.image_scale,
                 )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The data fingerprint of the split in use, for the run record: the hashes of the
+        split CSVs and of the listed files' sizes, the split folder, the pairs per split, missing
+        files and the mask rule (:func:`~nailseg.data.fingerprint.data_fingerprint`). Valid after
+        ``setup()``."""
+        if self.splits is None:
+            raise RuntimeError("SegmentationDataModule.fingerprint() needs setup('fit') first.")
+        return data_fingerprint(self.split_folder, self.splits, self.mask_rule)
 
     @property
     def void_value(self) -> int | None:
@@ -379,3 +383,23 @@ class SegmentationDataModule(pl.LightningDataModule):
             batch["image"], batch["mask"], batch["seed"], training, dtype=dtype
         )
         return {**batch, "image": image, "mask": mask}
+
+
+def datamodule_node(data_cfg: DictConfig) -> DictConfig:
+    """The ``data`` config node to hand to :func:`hydra.utils.instantiate`: every ``${...}``
+    resolved, then the keys in :attr:`SegmentationDataModule.SHORTCUT_KEYS` left out.
+
+    Args:
+        data_cfg: ``cfg.data``, still attached to the whole config (its values interpolate
+            ``${seed}`` and ``${paths...}``, and the source's ``${..root}`` the node's own keys).
+
+    Examples:
+        >>> data = {"root": "/d", "seed": "${seed}", "source": {"root": "${..root}"}}
+        >>> cfg = OmegaConf.create({"seed": 3, "data": data})
+        >>> OmegaConf.to_container(datamodule_node(cfg.data))
+        {'seed': 3, 'source': {'root': '/d'}}
+    """
+    node = OmegaConf.to_container(data_cfg, resolve=True)
+    for key in SegmentationDataModule.SHORTCUT_KEYS:
+        node.pop(key, None)
+    return OmegaConf.create(node)

@@ -12,7 +12,7 @@ from nailseg.augment.base import SampleTransform, to_uint8_tensors
 from nailseg.data.cache import DecodeCache, cache_key, decoding_rule
 from nailseg.data.io import check_image_scale, read_image, read_mask, resize_pair
 from nailseg.data.masks import MaskRule
-from nailseg.data.pairs import Pair
+from nailseg.data.sources.base import Pair
 from nailseg.errors import DataError
 
 

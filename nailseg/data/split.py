@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nailseg.data.pairs import Pair
+from nailseg.data.sources.base import Pair
 from nailseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

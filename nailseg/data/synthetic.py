@@ -12,6 +12,9 @@ Each sample varies skin tone, background, finger pose, nail shape and size, poli
 and noise. Sample ``i`` is drawn from its own generator seeded by ``(seed, i)``, so the set is
 deterministic and any sample can be redrawn alone. The set is cached under a folder named after
 its parameters and regenerated only when those change.
+
+This module draws the set; :class:`~nailseg.data.sources.synthetic.SyntheticSource`
+(``data=synthetic``) reads it.
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from tqdm import tqdm
-
-from nailseg.data.pairs import GroupedFolderSource, Pair
 
 log = logging.getLogger(__name__)
 
@@ -460,14 +461,3 @@ class _Canvas:
             image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.6))
         image = image + rng.normal(0, rng.uniform(0, 7), image.shape)
         return np.clip(image, 0, 255).astype(np.uint8), self.mask.copy()
-
-
-class SyntheticSource:
-    """``data=synthetic``: generate (or reuse) the set, then read it as the tutorial's layout."""
-
-    def __init__(self, root: str | Path, count: int, image_size: int, seed: int) -> None:
-        self.root, self.count, self.image_size, self.seed = Path(root), count, image_size, seed
-
-    def pairs(self) -> list[Pair]:
-        folder = generate_dataset(self.root, self.count, self.image_size, self.seed)
-        return GroupedFolderSource(folder).pairs()

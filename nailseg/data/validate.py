@@ -36,7 +36,7 @@ from nailseg.data.io import (
     upright,
 )
 from nailseg.data.masks import MaskRule, MaskStats, choose_rule, describe_values
-from nailseg.data.pairs import Pair, Scan
+from nailseg.data.sources.base import Pair, Scan
 from nailseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -316,9 +316,3 @@ def describe(source: object) -> str:
     """A short name for a source in messages (its repr, or its class name)."""
     text = repr(source)
     return text if len(text) < 200 and " object at " not in text else type(source).__name__
-
-
-def scan_source(source: object) -> Scan:
-    """``source.scan()`` when the source has one, else a :class:`Scan` of ``source.pairs()``."""
-    scan = getattr(source, "scan", None)
-    return scan() if callable(scan) else Scan(pairs=list(source.pairs()))

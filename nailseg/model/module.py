@@ -37,6 +37,9 @@ class SegmentationModule(pl.LightningModule):
         optimizer: partial taking ``params``.
         scheduler: partial taking ``optimizer``, or ``None`` for a constant learning rate.
         threshold: probability above which a pixel is foreground for the metrics.
+        normalization: ``{"mean": [...], "std": [...]}`` the inputs were normalised with (the
+            augmentation backend's); kept in the hyper-parameters, so every checkpoint says how
+            to prepare images for it (``checkpoint["hyper_parameters"]["normalization"]``).
     """
 
     def __init__(
@@ -46,8 +49,11 @@ class SegmentationModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         threshold: float = 0.5,
+        normalization: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        # Only plain values: the network, loss and partials are rebuilt from the run's config.
+        self.save_hyperparameters({"threshold": threshold, "normalization": normalization})
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.ignore_index = ignore_index_of(loss)

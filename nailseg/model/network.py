@@ -6,6 +6,7 @@ Registries are plain dicts behind one lookup; a bad key lists the valid ones.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -15,7 +16,11 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import timm
 import torch
-from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
+from huggingface_hub import try_to_load_from_cache
+from segmentation_models_pytorch.encoders import (
+    get_preprocessing_params,
+    is_equivalent_to_timm_universal,
+)
 from torch import nn
 
 from nailseg.config_check import did_you_mean
@@ -130,6 +135,83 @@ def build_network(
     if local_file is not None:
         load_encoder_weights(net.encoder, local_file, encoder_name)
     return net
+
+
+def encoder_normalization(encoder_name: str) -> dict[str, Any]:
+    """The encoder's pretrained input normalisation, from smp, offline (nothing is downloaded).
+
+    ``tu-`` encoders (and the ``timm-`` names smp builds as ``tu-``): smp's
+    ``get_preprocessing_params``, which reads timm's pretrained config of the model (its default
+    tag, or ``tu-NAME.TAG``'s), shipped with timm. smp's own encoders (``resnet18``,
+    ``mobilenet_v2``, ``timm-efficientnet-b4``...): smp 0.5+ keeps their values in the
+    ``config.json`` of their ``imagenet`` weights on the Hugging Face Hub, which
+    ``get_preprocessing_params`` would download; it is read here only from the local cache (smp
+    stores it there with the weights, ``encoder.weights=imagenet``). Where neither gives values
+    (no cached config, a timm model without pretrained weights): ImageNet's, which are also what
+    smp's config gives ``resnet18`` and ``mobilenet_v2``. Values for an input range of
+    ``[0, 255]`` are scaled to the ``[0, 1]`` images the augmentation backends normalise.
+
+    Args:
+        encoder_name: ``encoder.name``: an smp encoder or ``tu-`` and a timm model.
+
+    Returns:
+        ``{"mean": [r, g, b], "std": [r, g, b], "source": "<where the values come from>"}``.
+
+    Raises:
+        ConfigError: for an unknown encoder name (as :func:`check_encoder_name`).
+
+    Examples:
+        >>> encoder_normalization("tu-resnet18")["mean"]
+        [0.485, 0.456, 0.406]
+        >>> encoder_normalization("tu-tf_efficientnet_b4.ap_in1k")["std"]
+        [0.5, 0.5, 0.5]
+    """
+    name = encoder_name
+    if is_equivalent_to_timm_universal(name):  # as smp.encoders.get_encoder builds them
+        name = name.replace("timm-", "tu-")
+        if "mobilenetv3" in name:
+            name = name.replace("tu-", "tu-tf_")
+    else:
+        check_encoder_name(name)
+    imagenet = "ImageNet's mean/std (timm.data.IMAGENET_DEFAULT_*): {}"
+    if name.startswith("tu-"):
+        try:
+            settings = get_preprocessing_params(name)
+        except ValueError:  # a timm model without pretrained weights or config
+            return _imagenet(imagenet.format(f"timm has no pretrained config for {name[3:]!r}"))
+        source = f"timm pretrained config of {name[3:]!r} (smp get_preprocessing_params)"
+    else:
+        weights = smp.encoders.encoders[name]["pretrained_settings"].get("imagenet")
+        if weights is None:
+            return _imagenet(imagenet.format(f"smp has no imagenet weights for {name!r}"))
+        repo, revision = weights["repo_id"], weights["revision"]
+        path = try_to_load_from_cache(repo, "config.json", revision=revision)
+        if not isinstance(path, str):
+            return _imagenet(
+                imagenet.format(
+                    f"smp keeps the values of {name!r} in the config.json of {repo} on the"
+                    " Hugging Face Hub, not in the local cache (saved there with"
+                    " encoder.weights=imagenet)"
+                )
+            )
+        settings = json.loads(Path(path).read_text())
+        source = f"smp config of {name!r} imagenet weights ({repo} config.json, cached)"
+    scale = 255.0 if max(settings.get("input_range", [0, 1])) > 1 else 1.0
+    if settings.get("input_space", "RGB") != "RGB":
+        source += f"; note: this encoder expects {settings['input_space']} input"
+    return {
+        "mean": [float(v) / scale for v in settings["mean"]],
+        "std": [float(v) / scale for v in settings["std"]],
+        "source": source,
+    }
+
+
+def _imagenet(source: str) -> dict[str, Any]:
+    return {
+        "mean": list(timm.data.IMAGENET_DEFAULT_MEAN),
+        "std": list(timm.data.IMAGENET_DEFAULT_STD),
+        "source": source,
+    }
 
 
 def _looks_like_path(value: str) -> bool:

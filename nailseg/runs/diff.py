@@ -1,4 +1,4 @@
-"""``nailseg diff RUN_A [RUN_B]``: what differs between two runs, or a run and today's defaults.
+"""What differs between two runs, or a run and today's defaults (``nailseg diff RUN_A [RUN_B]``).
 
 Sections: group choices, config keys (flattened, ``model.encoder_name``), environment (git,
 package versions, device), data fingerprint, and metrics with their change. Only differences
@@ -13,10 +13,8 @@ resolve (``${hydra:...}``) are left out of the comparison and named in a note.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from nailseg.config import compose_config
-from nailseg.errors import NailsegError
 from nailseg.runs.record import (
     device_info,
     find_run_dir,
@@ -228,30 +225,5 @@ def format_table(diff: dict[str, dict[str, dict[str, Any]]], a: Side, b: Side) -
     return "\n".join(lines)
 
 
-def _jsonable(diff: dict[str, Any]) -> dict[str, Any]:
+def jsonable(diff: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(diff, default=str))
-
-
-def cli(argv: list[str]) -> int:
-    """``nailseg diff RUN_A [RUN_B] [--all] [--json]``; exit status 0 equal, 1 differ, 2 error."""
-    parser = argparse.ArgumentParser(
-        prog="nailseg diff",
-        description="Show what differs between two runs (or a run and the current defaults).",
-    )
-    parser.add_argument("run_a", help="a run dir (single run, or a job dir of a multirun)")
-    parser.add_argument("run_b", nargs="?", help="another run dir; default: today's conf/ defaults")
-    parser.add_argument("--all", action="store_true", help="show equal keys too")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
-    try:
-        a = load_run_side(args.run_a)
-        b = load_run_side(args.run_b) if args.run_b else load_defaults_side()
-    except NailsegError as err:
-        print(f"nailseg diff: error: {err}", file=sys.stderr)
-        return 2
-    diff = compare(a, b, show_all=args.all)
-    if args.json:
-        print(json.dumps(_jsonable(diff), indent=2))
-    else:
-        print(format_table(diff, a, b))
-    return 1 if configs_differ(a, b) else 0

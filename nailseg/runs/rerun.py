@@ -1,4 +1,4 @@
-"""``nailseg rerun RUN_DIR [overrides...]``: run a recorded run again, as a new Hydra run.
+"""Planning a re-run of a recorded run (``nailseg rerun``, :mod:`nailseg.commands.rerun`).
 
 The config is composed from the run's own ``conf/`` snapshot with its recorded command-line
 overrides, then the extra overrides on top, so it is the run's config even if ``conf/`` has
@@ -9,18 +9,12 @@ The new run dir records ``rerun_of``.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
-from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
 
 from nailseg.config import PRIMARY_CONFIG
-from nailseg.errors import ConfigError, NailsegError
+from nailseg.errors import ConfigError
 from nailseg.runs.record import CONF_SNAPSHOT, find_run_dir, read_run
 from nailseg.runs.resume import RESUME_KEY
 
@@ -70,54 +64,3 @@ def plan_rerun(run: Path | str, extra: list[str]) -> tuple[Path, Path, list[str]
     except Exception as err:  # noqa: BLE001 - Hydra's parser raises several kinds
         raise ConfigError(f"Cannot parse the overrides {extra}: {err}") from err
     return run_dir, snapshot, overrides
-
-
-def launch(config_dir: Path, overrides: list[str], **record_extra: Any) -> Path:
-    """Start a Hydra run of ``config_dir`` with ``overrides``; returns the new run dir.
-
-    ``hydra.main`` is applied here to a task bound to ``record_extra``, with ``config_path``
-    the snapshot, so the run gets its run dir, ``.hydra/`` and log like ``train.py``.
-    """
-    from nailseg.train import task
-
-    out: dict[str, Path] = {}
-
-    def rerun_task(cfg: DictConfig) -> float | None:
-        out["run_dir"] = Path(HydraConfig.get().runtime.output_dir)
-        return task(cfg, **record_extra)
-
-    entry = hydra.main(
-        version_base="1.3", config_path=str(config_dir.resolve()), config_name=PRIMARY_CONFIG
-    )(rerun_task)
-    saved = sys.argv
-    # hydra.job.name: the log is train.log, as for train.py (Hydra overrides are not recorded).
-    sys.argv = ["nailseg rerun", *overrides, "hydra.job.name=train"]
-    try:
-        entry()
-    finally:
-        sys.argv = saved
-    return out["run_dir"]
-
-
-def cli(argv: list[str]) -> int:
-    """``nailseg rerun RUN_DIR [overrides...]``; exit status 0 on success, 2 on a usage error."""
-    parser = argparse.ArgumentParser(
-        prog="nailseg rerun",
-        description="Run a recorded run again from its conf/ snapshot and recorded overrides.",
-    )
-    parser.add_argument(
-        "run_dir", help="the run to re-run (single run, or a job dir of a multirun)"
-    )
-    parser.add_argument("overrides", nargs="*", help="extra overrides on top, e.g. seed=1")
-    args = parser.parse_args(argv)
-    try:
-        run_dir, snapshot, overrides = plan_rerun(args.run_dir, args.overrides)
-    except NailsegError as err:
-        print(f"nailseg rerun: error: {err}", file=sys.stderr)
-        return 2
-    print(f"Re-running {run_dir} with: {' '.join(overrides) or '(no overrides)'}")
-    new_dir = launch(
-        snapshot, overrides, rerun_of=str(run_dir), rerun_extra_overrides=args.overrides
-    )
-    print(f"New run: {new_dir}\nCompare: nailseg diff {run_dir} {new_dir}")
-    return 0

@@ -1,21 +1,15 @@
-"""``nailseg preview [options] [overrides]``: a PNG grid of what an augmentation pipeline does.
+"""Pictures: masks drawn on images, and the preview grid of what an augmentation pipeline does.
 
-Each row is one training sample: the decoded and resized original, several augmented versions
-with the augmented mask drawn as a translucent overlay and contour, and the original mask alone.
+``nailseg preview`` (:mod:`nailseg.commands.preview`) writes the grid. Each row is one training
+sample: the decoded and resized original, several augmented versions with the augmented mask
+drawn as a translucent overlay and contour, and the original mask alone.
 The augmented versions go through the backend's whole path (worker-side transform, then the
 device-side one), exactly as training does; version ``k`` of a sample is drawn from the seed the
 training sampler gives that sample in epoch ``k``.
-
-Examples:
-    nailseg preview
-    nailseg preview aug=kornia_gpu aug/policy=heavy data=synthetic --out heavy.png
-    nailseg preview data=folder data.images=photos/ data.masks=masks/ --samples 6
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
 
 from nailseg.augment.base import AugmentBackend, augment_arrays, denormalize
-from nailseg.config import compose_config
-from nailseg.config_check import check_config, compose_error
 from nailseg.data.sampler import sample_seed
-from nailseg.errors import ConfigError, NailsegError
-from nailseg.train import build_datamodule
+from nailseg.errors import ConfigError
 
 OVERLAY_RGB = (0, 255, 80)  # the mask overlay and contour colour
 OVERLAY_ALPHA = 0.4
@@ -123,68 +112,6 @@ def preview_grid(
     return np.concatenate([header, *(x for r in rows for x in (spacer, r))], axis=0)
 
 
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="nailseg preview",
-        description="Write a PNG grid: per training sample, the original, augmented versions"
-        " with the mask overlaid, and the mask alone.",
-        epilog="Other arguments are Hydra overrides, as for train.py"
-        " (aug=..., aug/policy=..., data=...).",
-    )
-    parser.add_argument("--samples", type=int, default=4, help="rows: training samples shown")
-    parser.add_argument("--versions", type=int, default=4, help="augmented versions per sample")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="PNG to write (default: runs/preview/AUG-POLICY.png)"
-    )
-    parser.add_argument("--device", default="cpu", help="device for batch-side augmentation")
-    args, overrides = parser.parse_known_args(argv)
-    if args.samples < 1 or args.versions < 1:
-        print("error: --samples and --versions must be at least 1.", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            cfg = compose_config([f"paths.output_dir={tmp}", *overrides], return_hydra_config=True)
-            check_config(cfg)
-            aug, policy = cfg.hydra.runtime.choices["aug"], cfg.hydra.runtime.choices["aug/policy"]
-            out = args.out or Path(cfg.paths.runs_dir) / "preview" / f"{aug}-{policy}.png"
-            check_out(out)  # before the slow part: a bad --out fails in a second
-            datamodule = build_datamodule(cfg)
-            datamodule.setup("fit")
-        except NailsegError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        except (HydraException, OmegaConfBaseException) as err:
-            print(f"error: {compose_error(err, overrides)}", file=sys.stderr)
-            return 1
-    train = datamodule.datasets["train"]
-    count = min(args.samples, len(train))
-    indices = np.linspace(0, len(train) - 1, count).round().astype(int).tolist()
-    arrays = [train.load(i) for i in indices]
-    grid = preview_grid(
-        datamodule.augment,
-        [a[0] for a in arrays],
-        [a[1] for a in arrays],
-        indices,
-        int(cfg.seed),
-        args.versions,
-        args.device,
-    )
-    try:
-        written = cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    except (cv2.error, OSError) as err:
-        written, reason = False, str(err).strip().splitlines()[-1]
-    else:
-        reason = "OpenCV could not write it"
-    if not written:
-        print(f"error: Cannot write --out {out} ({reason}). {OUT_FIX}", file=sys.stderr)
-        return 1
-    print(
-        f"wrote {out} ({count} samples x {args.versions} augmented versions, aug={aug},"
-        f" aug/policy={policy})"
-    )
-    return 0
-
-
 OUT_FIX = "Pass --out PATH.png in a writable folder."
 
 
@@ -220,3 +147,19 @@ def check_out(out: Path) -> None:
             f"Cannot write --out {out}: {out.parent} is not a writable folder"
             f" ({err.strerror or err}). {OUT_FIX}"
         ) from err
+
+
+def write_image(out: Path, rgb: np.ndarray) -> None:
+    """Write an RGB ``uint8`` picture to ``out`` (format from its extension).
+
+    Raises:
+        ConfigError: OpenCV could not write it; the message names the file and the fix.
+    """
+    try:
+        written = cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    except (cv2.error, OSError) as err:
+        written, reason = False, str(err).strip().splitlines()[-1]
+    else:
+        reason = "OpenCV could not write it"
+    if not written:
+        raise ConfigError(f"Cannot write --out {out} ({reason}). {OUT_FIX}")

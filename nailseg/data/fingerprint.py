@@ -2,20 +2,18 @@
 
 Hashing every image would take long on a large set; the split CSVs (which files, in which
 split) plus each listed file's size catch the usual changes (a file added, removed, moved
-between splits or re-exported) in milliseconds.
+between splits or re-exported) in milliseconds. A run records it (``run.json``'s ``data``);
+``nailseg diff`` compares it and a resumed run must match it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from nailseg.data.pairs import Pair
+from nailseg.data.sources.base import Pair
 
 
 def _size(path: Path) -> int | None:
@@ -25,27 +23,15 @@ def _size(path: Path) -> int | None:
         return None
 
 
-def _jsonable(value: Any) -> Any:
-    """A JSON-friendly form of the datamodule's mask rule (dataclass, config, plain value)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, DictConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return repr(value)
-
-
 def data_fingerprint(
     split_folder: Path | str | None,
     splits: Mapping[str, Sequence[Pair]] | None,
-    mask_rule: Any = None,
+    mask_rule: str | None = None,
 ) -> dict[str, Any]:
     """Fingerprint a run's data from its split folder and split members.
+
+    :meth:`SegmentationDataModule.fingerprint
+    <nailseg.data.datamodule.SegmentationDataModule.fingerprint>` calls this with its own.
 
     Args:
         split_folder: the folder holding ``train.csv``, ``valid.csv`` and maybe ``test.csv``.
@@ -59,6 +45,8 @@ def data_fingerprint(
     Examples:
         >>> data_fingerprint(None, {})["n"]
         {}
+        >>> data_fingerprint(None, {}, "foreground = gray > 127 (8-bit masks)")["mask_rule"]
+        'foreground = gray > 127 (8-bit masks)'
     """
     splits = splits or {}
     csv_hash = hashlib.sha256()
@@ -77,9 +65,9 @@ def data_fingerprint(
                     missing.append(str(path))
                 sizes.append(f"{path.name}:{size}")
             files_hash.update(f"{name}|{'|'.join(sizes)}\n".encode())
-    rule = _jsonable(mask_rule)
+    # repr: the same text (and so the same sha256) as runs recorded before this module moved.
     total = hashlib.sha256(
-        f"{csv_hash.hexdigest()}|{files_hash.hexdigest()}|{rule!r}".encode()
+        f"{csv_hash.hexdigest()}|{files_hash.hexdigest()}|{mask_rule!r}".encode()
     ).hexdigest()
     return {
         "sha256": total,
@@ -88,5 +76,5 @@ def data_fingerprint(
         "split_folder": str(split_folder) if split_folder is not None else None,
         "n": {name: len(members) for name, members in sorted(splits.items())},
         "missing_files": missing[:20],
-        "mask_rule": rule,
+        "mask_rule": mask_rule,
     }

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nailseg.data.pairs import Pair, Scan, _require_dir, scan_folders
+from nailseg.data.sources.base import Pair, PairSource, Scan, require_dir, scan_folders
 from nailseg.errors import DataError
 
 # VOC file name -> our split name.
@@ -23,7 +23,7 @@ SPLIT_FILES = {"train": "train", "val": "valid", "test": "test"}
 MASK_FOLDERS = ("SegmentationClass", "Annotations")
 
 
-class VocSource:
+class VocSource(PairSource):
     """Pascal-VOC-style folders with ``ImageSets/Segmentation/{train,val[,test]}.txt``.
 
     Args:
@@ -58,13 +58,13 @@ class VocSource:
         )
 
     def scan(self) -> Scan:
-        _require_dir(
+        require_dir(
             self.root, "VOC root", "Set data.root=/path/to/VOC (the folder with JPEGImages/)."
         )
         images_dir, sets_dir = self.root / self.images, self.root / self.image_sets
-        _require_dir(images_dir, "Image folder", f"Expected {self.images}/ under {self.root}.")
+        require_dir(images_dir, "Image folder", f"Expected {self.images}/ under {self.root}.")
         masks_dir = self._mask_dir()
-        _require_dir(masks_dir, "Mask folder", f"Expected {masks_dir.name}/ under {self.root}.")
+        require_dir(masks_dir, "Mask folder", f"Expected {masks_dir.name}/ under {self.root}.")
         lists = {
             split: sets_dir / f"{name}.txt"
             for name, split in SPLIT_FILES.items()
@@ -117,9 +117,6 @@ class VocSource:
                 unused.append((pair, f"in none of {', '.join(p.name for p in lists.values())}"))
         scan.pairs, scan.unused = labelled, unused
         return scan
-
-    def pairs(self) -> list[Pair]:
-        return self.scan().pairs
 
     def __repr__(self) -> str:
         return f"VocSource({self.root})"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nailseg.data.pairs import Pair, Scan
+from nailseg.data.sources.base import Pair, PairSource, Scan
 from nailseg.errors import DataError
 
 SPLIT_NAMES = {
@@ -44,7 +44,7 @@ def normalise_split(value: str, where: str) -> str:
     return SPLIT_NAMES[key]
 
 
-class ListFileSource:
+class ListFileSource(PairSource):
     """Pairs (and optionally their split) from a CSV or a plain list file.
 
     Args:
@@ -152,9 +152,6 @@ class ListFileSource:
             unused = [(p, "no split given in the list file") for p in pairs if not p.split]
             pairs = [p for p in pairs if p.split]
         return Scan(pairs=pairs, unused=unused)
-
-    def pairs(self) -> list[Pair]:
-        return self.scan().pairs
 
     def __repr__(self) -> str:
         return f"ListFileSource({self.file})"

@@ -1,0 +1,284 @@
+"""One run's record from start to end: :class:`RunSession`.
+
+``train.run`` reads compose -> validate -> build -> fit -> test -> record; everything about the
+record lives here: opening a new one or reopening an interrupted run's (``resume=RUN_DIR``, with
+that run's config), the log file and the CSV logs kept on resume, the same-data check, and how
+the run ends (``completed``, ``failed``, ``interrupted`` with the command that continues it).
+
+Examples:
+    The shape of a run (``train.run`` is the real one)::
+
+        with RunSession.open(cfg) as session:
+            cfg = session.cfg  # a resumed run's recorded config
+            ...build...
+            session.check_data(datamodule.fingerprint())
+            trainer = session.attach(build_trainer(cfg, session.resume))
+            with session.keep_logs():
+                trainer.fit(module, datamodule=datamodule, ckpt_path=session.ckpt_path)
+            session.complete(metrics)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nailseg.errors import RunInterrupted
+from nailseg.runs.record import RunRecord, write_config
+from nailseg.runs.resume import (
+    Resume,
+    check_same_data,
+    keep_csv_logs,
+    last_checkpoint,
+    log_to,
+    prepare_resume,
+    resume_command,
+    tidy_checkpoints,
+)
+from nailseg.runs.writable import ensure_writable_dir
+
+log = logging.getLogger(__name__)
+
+
+def hydra_info() -> dict[str, Any]:
+    """What Hydra knows about this run (choices, overrides, output and config dirs); ``{}``
+    outside ``hydra.main``."""
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    return {
+        "choices": {
+            k: v
+            for k, v in OmegaConf.to_container(hydra_cfg.runtime.choices).items()
+            if not k.startswith("hydra")
+        },
+        "overrides": list(hydra_cfg.overrides.task),
+        "output_dir": hydra_cfg.runtime.output_dir,
+        # The primary config dir (conf/, or a run's snapshot for a rerun): what the record copies.
+        "config_dir": next(
+            (
+                s.path
+                for s in hydra_cfg.runtime.config_sources
+                if s.provider == "main" and s.schema == "file"
+            ),
+            None,
+        ),
+    }
+
+
+def stop_signal(err: BaseException) -> str | None:
+    """The signal that stopped the run, when ``err`` is how a stop request surfaces."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    if isinstance(err, SIGTERMException):  # Lightning's SIGTERM handler, at the next batch
+        return "SIGTERM"
+    if isinstance(err, KeyboardInterrupt):
+        return "SIGINT (Ctrl-C)"
+    # Inside fit Lightning catches KeyboardInterrupt, shuts down and calls sys.exit(1) from its
+    # handler, so the SystemExit's context is the KeyboardInterrupt.
+    if isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt):
+        return "SIGINT (Ctrl-C)"
+    return None
+
+
+def newest_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The newest checkpoint: an unmonitored ModelCheckpoint's file, else Lightning's last.ckpt."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor is None and callback.best_model_path:
+            return callback.best_model_path
+    lasts = [c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path]
+    return lasts[0] if lasts else None
+
+
+def best_checkpoint(trainer: pl.Trainer | None) -> dict[str, Any]:
+    """``best_checkpoint`` and ``best_score`` of the monitored checkpoint callback, if any."""
+    checkpoint = trainer.checkpoint_callback if trainer is not None else None
+    if checkpoint is None or not checkpoint.best_model_path:
+        return {}
+    score = checkpoint.best_model_score
+    return {
+        "best_checkpoint": checkpoint.best_model_path,
+        "best_score": float(score) if score is not None else None,
+    }
+
+
+class RunSession:
+    """A run's record, open for the length of a ``with`` block.
+
+    Leaving the block on an exception records the run as ``failed`` (and re-raises), or on
+    Ctrl-C/SIGTERM as ``interrupted`` and raises :class:`~nailseg.errors.RunInterrupted` naming
+    the command that continues it. :meth:`complete` records a run that ended well.
+
+    Attributes:
+        cfg: the config to run: the composed one, or a resumed run's recorded one.
+        record: the run's :class:`~nailseg.runs.record.RunRecord` (``run.json``).
+        resume: what a resume continues from, or ``None`` for a new run.
+        trainer: the Lightning Trainer, once :meth:`attach` has been called.
+    """
+
+    def __init__(self, cfg: DictConfig, record: RunRecord, resume: Resume | None) -> None:
+        self.cfg, self.record, self.resume = cfg, record, resume
+        self.trainer: pl.Trainer | None = None
+        self._logs: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.record.run_dir
+
+    @property
+    def ckpt_path(self) -> str | None:
+        """The checkpoint ``trainer.fit`` continues from (``None`` for a new run)."""
+        return str(self.resume.checkpoint) if self.resume else None
+
+    @classmethod
+    def open(cls, cfg: DictConfig, **record_extra: Any) -> RunSession:
+        """Start a new record, or with ``resume=RUN_DIR`` reopen that run's (and use its config).
+
+        Args:
+            cfg: the composed config.
+            record_extra: more top-level fields for ``run.json`` (e.g. ``rerun_of``).
+        """
+        info = hydra_info()
+        if not cfg.get("resume"):
+            output_dir = Path(cfg.paths.output_dir)
+            ensure_writable_dir(
+                output_dir,
+                f"paths.output_dir={output_dir}",
+                "Point paths.output_dir at a folder you can write, or leave it out to write under"
+                " paths.runs_dir.",
+            )
+            record = RunRecord.start(output_dir, cfg, info, **record_extra)
+            tidy_checkpoints(cfg)  # a reused dir may hold temp files of a killed checkpoint write
+            return cls(cfg, record, None)
+        resume = prepare_resume(cfg, info)
+        ensure_writable_dir(
+            resume.run_dir,
+            f"resume={resume.run_dir}: the run dir",
+            "Copy the run to a folder you can write and resume the copy:"
+            f" cp -a {resume.run_dir} NEW_DIR && python train.py resume=NEW_DIR",
+        )
+        here = Path(info["output_dir"]).resolve() if info.get("output_dir") else None
+        if here is not None and here != resume.run_dir:
+            # This invocation's own Hydra dir holds only its .hydra/ and log; point it at the run.
+            (here / "resumed_run").symlink_to(resume.run_dir, target_is_directory=True)
+        if resume.moved_from:
+            # A moved or copied run: its record must name where it is now, never the old dir.
+            log.info(
+                "%s was recorded at %s; its paths now point here",
+                resume.run_dir,
+                resume.moved_from[0],
+            )
+            write_config(resume.run_dir, resume.recorded)
+        record = RunRecord.reopen(
+            resume.run_dir,
+            relocate=resume.relocate if resume.moved_from else None,
+            checkpoint=str(resume.checkpoint),
+            overrides=info.get("overrides"),
+            log_dir=str(here) if here else None,
+            **({"moved_from": resume.moved_from} if resume.moved_from else {}),
+        )
+        removed = tidy_checkpoints(resume.cfg, resume)
+        record.data["resumes"][-1]["removed"] = [str(p) for p in removed]
+        record.save()
+        log.info("Resuming %s from %s", resume.run_dir, resume.checkpoint)
+        session = cls(resume.cfg, record, resume)
+        # A resumed run logs into its own train.log too, not only this invocation's Hydra dir.
+        session._logs = log_to(resume.run_dir / "train.log")
+        return session
+
+    def __enter__(self) -> RunSession:
+        log.info("Run dir: %s", self.run_dir)
+        self._logs.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        err: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if err is None:
+                if self.record.data.get("status") == "running":
+                    self.record.finish("failed", error="the run ended without a result")
+                return
+            signal = stop_signal(err)
+            if signal is not None:
+                raise self._interrupted(signal) from None
+            self.record.finish("failed", error=f"{type(err).__name__}: {err}")
+        finally:
+            self._logs.__exit__(None, None, None)
+
+    def attach(self, trainer: pl.Trainer) -> pl.Trainer:
+        """The trainer whose checkpoints and metrics an interruption records."""
+        self.trainer = trainer
+        return trainer
+
+    def check_data(self, fingerprint: dict[str, Any]) -> None:
+        """Record the data's fingerprint; a resume stops if the data changed since the start."""
+        if self.resume:
+            check_same_data(self.resume, fingerprint)
+        self.record.update(data=fingerprint)
+
+    def keep_logs(self) -> contextlib.AbstractContextManager[Any]:
+        """Around ``trainer.fit``: a resume appends to the run's CSV logs instead of replacing
+        them."""
+        assert self.trainer is not None, "attach() the trainer first"
+        return keep_csv_logs(self.trainer, self.resume)
+
+    def complete(self, metrics: dict[str, float], status: str = "completed", **fields: Any) -> None:
+        """Record the run as ended well (``completed``, or e.g. ``pruned`` by a search) with its
+        final metrics and checkpoints."""
+        trainer = self.trainer
+        self.record.finish(
+            status,
+            metrics=metrics,
+            **{"best_checkpoint": None, "best_score": None, **best_checkpoint(trainer)},
+            last_checkpoint=newest_checkpoint(trainer) if trainer is not None else None,
+            **fields,
+        )
+        log.info(
+            "Done in %.0f s: val/iou=%.4f val/dice=%.4f val/loss=%.4f. Run dir: %s",
+            self.record.data["duration_s"],
+            metrics.get("val/iou", float("nan")),
+            metrics.get("val/dice", float("nan")),
+            metrics.get("val/loss", float("nan")),
+            self.run_dir,
+        )
+
+    def _interrupted(self, signal: str) -> RunInterrupted:
+        """Record the run as interrupted, with what it has so far; the error to raise says how
+        to continue it."""
+        trainer, fields, metrics, where = self.trainer, {}, None, ""
+        if trainer is not None:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} or None
+            fields.update(best_checkpoint(trainer))
+            where = f" in epoch {trainer.current_epoch}"
+        last = last_checkpoint(self.run_dir, self.cfg)
+        if last is not None:
+            fields["last_checkpoint"] = str(last)
+        run_dir = self.record.data.get("run_dir") or str(self.run_dir)
+        command = resume_command(run_dir) if last is not None else None
+        self.record.finish(
+            "interrupted",
+            metrics=metrics,
+            error=f"interrupted by {signal}{where}",
+            resume_command=command,
+            **fields,
+        )
+        then = (
+            f"continue it with: {command}"
+            if command
+            else f"it wrote no checkpoint yet, so start it again: nailseg rerun {run_dir}"
+        )
+        return RunInterrupted(
+            f"{signal} stopped the run{where}; {run_dir} is recorded as interrupted; {then}",
+            exit_code=143 if signal == "SIGTERM" else 130,
+        )
