@@ -58,7 +58,9 @@ def run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
             )
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
             metrics.update({k: float(v) for k, v in results[0].items()})
-        session.complete(metrics)
+        # A search's pruning callback (nailseg.runs.pruning) stops a hopeless trial early.
+        pruned = any(getattr(callback, "pruned", False) for callback in trainer.callbacks)
+        session.complete(metrics, status="pruned" if pruned else "completed")
     return session.record.data
 
 

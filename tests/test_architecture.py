@@ -17,8 +17,8 @@ PACKAGE = Path(nailseg.__file__).parent
 # Highest first. A module belongs to the layer of the longest prefix of its name. The policy
 # module is the schema of the aug/policy config group: the config layer registers it with Hydra.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("commands", ("nailseg.cli", "nailseg.commands")),
-    ("train/build", ("nailseg.train", "nailseg.build", "nailseg.pictures")),
+    ("commands", ("nailseg.cli", "nailseg.commands", "nailseg.sweepers")),
+    ("train/build", ("nailseg.train", "nailseg.build", "nailseg.pictures", "nailseg.inference")),
     ("parts", ("nailseg.runs", "nailseg.data", "nailseg.model", "nailseg.augment")),
     (
         "base",

@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("preview", "write a PNG grid of augmented samples with their masks"),
     "diff": ("diff", "show what differs between two runs"),
     "rerun": ("rerun", "run a recorded run again from its conf/ snapshot"),
+    "summary": ("summary", "write a multirun's summary.csv/.md/.png (again) from its jobs"),
+    "eval": ("eval", "evaluate a run's checkpoint (TTA, tuned threshold, per-image table)"),
+    "predict": ("predict", "write masks and overlays for images, at their own size"),
+    "export": ("export", "export a run's model to ONNX and check it against PyTorch"),
+    "lr-find": ("lr_find", "find a learning rate with Lightning's tuner"),
 }
 
 
