@@ -18,6 +18,7 @@ from nailseg.augment.base import AugmentBackend
 from nailseg.data import SegmentationDataModule, datamodule_node
 from nailseg.errors import user_error
 from nailseg.model import SegmentationModule
+from nailseg.model.budget import TimeBudget, budget_seconds
 from nailseg.model.network import encoder_normalization
 from nailseg.runs.checkpoint import AtomicCheckpointIO, RNGStateCallback
 from nailseg.runs.resume import RelocatedCheckpoints, Resume
@@ -60,6 +61,9 @@ def build_module(
     """The LightningModule. ``normalization`` (the augmentation backend's effective mean/std) goes
     into its hyper-parameters, so every checkpoint carries how its inputs were normalised."""
     scheduler = cfg.get("scheduler")
+    if budget_seconds(cfg) is not None:
+        # A budgeted run anneals over wall time (TimeBudget), not with an epoch schedule.
+        scheduler = None
     return SegmentationModule(
         net=instantiate_node(cfg.model, "network"),
         loss=instantiate_node(cfg.loss, "loss"),
@@ -90,7 +94,16 @@ def build_trainer(cfg: DictConfig, resume: Resume | None = None) -> pl.Trainer:
     if resume is not None and resume.moved_from:
         callbacks.append(RelocatedCheckpoints(resume))
     # A trainer config with its own plugins keeps them (and Lightning's checkpoint writer).
-    extra = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    extra: dict[str, Any] = (
+        {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    )
+    budget = budget_seconds(cfg)
+    if budget is not None:
+        # Time is the limit, not epochs; the rate anneals to the scheduler's floor, if it has one.
+        eta_min = (cfg.get("scheduler") or {}).get("eta_min", 1e-6)
+        callbacks.append(TimeBudget(budget, eta_min=float(eta_min)))
+        extra["max_epochs"] = -1
+        log.info("Budgeted run: %.0f s of fitting, learning rate annealed over it", budget)
     return instantiate_node(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **extra
     )

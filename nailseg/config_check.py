@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nailseg.config import CONF_DIR, compose_config
-from nailseg.errors import ConfigError
+from nailseg.errors import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +90,6 @@ RULES: tuple[Rule, ...] = (
     # 0 is allowed (a frozen run can make sense), with a warning: see check_config.
     Rule("optimizer.lr", "a number above 0", "0.001", _number_at_least_zero),
 )
-
-
-def did_you_mean(word: str, options: list[str], prefix: str = "", quote: bool = False) -> str:
-    """``" Did you mean data.batch_size?"`` for the closest options, or ``""`` when none is close.
-
-    Examples:
-        >>> did_you_mean("batch_sise", ["batch_size", "num_workers"], prefix="data.")
-        ' Did you mean data.batch_size?'
-    """
-    close = [f"{prefix}{c}" for c in difflib.get_close_matches(word, options, n=3)]
-    if not close:
-        return ""
-    return f" Did you mean {' or '.join(repr(c) if quote else c for c in close)}?"
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -14,6 +14,7 @@ Exit status of ``train.py`` and every ``nailseg`` command:
 ====  ===================================================================================
 """
 
+import difflib
 import sys
 
 
@@ -66,3 +67,16 @@ def report(err: BaseException) -> int:
         return err.exit_code
     print(f"error: {user_error(err) or err}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def did_you_mean(word: str, options: list[str], prefix: str = "", quote: bool = False) -> str:
+    """``" Did you mean data.batch_size?"`` for the closest options, or ``""`` when none is close.
+
+    Examples:
+        >>> did_you_mean("batch_sise", ["batch_size", "num_workers"], prefix="data.")
+        ' Did you mean data.batch_size?'
+    """
+    close = [f"{prefix}{c}" for c in difflib.get_close_matches(word, options, n=3)]
+    if not close:
+        return ""
+    return f" Did you mean {' or '.join(repr(c) if quote else c for c in close)}?"

@@ -17,10 +17,27 @@ from omegaconf import DictConfig
 from nailseg.build import build_augment, build_datamodule, build_module, build_trainer
 from nailseg.config_check import check_config
 from nailseg.errors import NailsegError, RunInterrupted, report
+from nailseg.model.budget import TimeBudget
 from nailseg.runs.session import RunSession
 from nailseg.runs.sweep import JobFailed, current_job
 
 log = logging.getLogger(__name__)
+
+
+def finish_budget(
+    session: RunSession,
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    budget: TimeBudget,
+) -> None:
+    """After a budgeted fit: validate the final weights when the budget cut an epoch short, keep
+    them as ``checkpoints/final.ckpt`` (the end of the schedule), and record the budget."""
+    if not budget.validated_last:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    final = session.run_dir / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(final)
+    session.record.update(budget=budget.summary(trainer), final_checkpoint=str(final))
 
 
 def run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
@@ -51,6 +68,9 @@ def run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
         trainer = session.attach(build_trainer(cfg, session.resume))
         with session.keep_logs():
             trainer.fit(module, datamodule=datamodule, ckpt_path=session.ckpt_path)
+        budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+        if budget is not None:
+            finish_budget(session, trainer, module, datamodule, budget)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if datamodule.has_test and cfg.get("test_after_fit", True):
             best = (

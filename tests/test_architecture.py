@@ -107,3 +107,16 @@ def test_no_module_imports_a_higher_layer() -> None:
         for problem in violations(module_name(path), imports_of(path))
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_entry_module_imports_first_in_a_fresh_interpreter() -> None:
+    """No import cycle bites whichever module a program imports first (the config layer
+    registers the policy schema while it is imported)."""
+    import subprocess
+    import sys
+
+    for module in ("nailseg.build", "nailseg.augment", "nailseg.config", "nailseg.cli"):
+        out = subprocess.run(
+            [sys.executable, "-c", f"import {module}"], capture_output=True, text=True
+        )
+        assert out.returncode == 0, f"import {module} first:\n{out.stderr[-2000:]}"

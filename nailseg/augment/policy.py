@@ -72,8 +72,7 @@ from typing import Any, get_args, get_type_hints
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from nailseg.config_check import did_you_mean
-from nailseg.errors import ConfigError
+from nailseg.errors import ConfigError, did_you_mean
 
 INTERPOLATIONS = ("bilinear", "nearest")
 # ImageNet's mean and std: the normalisation when neither the policy nor the encoder gives one.

@@ -23,8 +23,7 @@ from segmentation_models_pytorch.encoders import (
 )
 from torch import nn
 
-from nailseg.config_check import did_you_mean
-from nailseg.errors import ConfigError, EncoderWeightsError
+from nailseg.errors import ConfigError, EncoderWeightsError, did_you_mean
 
 log = logging.getLogger(__name__)
 
