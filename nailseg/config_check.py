@@ -80,9 +80,9 @@ RULES: tuple[Rule, ...] = (
     Rule("data.batch_size", "a whole number of at least 1", "8", _whole(1)),
     Rule(
         "data.num_workers",
-        "a whole number of at least 0 (0 loads in the training process)",
+        "a whole number of at least 0 (0 loads in the training process) or auto",
         "2",
-        _whole(0),
+        lambda value: value == "auto" or _whole(0)(value),
     ),
     # 0 would "complete" a run that trained nothing, with NaN metrics; Lightning's -1 (endless)
     # has no end for the cosine schedule (T_max) to reach.

@@ -147,4 +147,4 @@ def make_cache(kind: str, folder: str | Path | None = None) -> DecodeCache:
         if folder is None:
             raise ConfigError("data.cache=disk needs data.cache_dir=/path/to/folder.")
         return DiskCache(folder)
-    raise ConfigError(f"Unknown data.cache={kind!r}. Options: {', '.join(CACHE_KINDS)}.")
+    raise ConfigError(f"Unknown data.cache={kind!r}. Options: auto, {', '.join(CACHE_KINDS)}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -106,6 +107,54 @@ def check_foreground(
     return tuple(int(v) for v in values)
 
 
+def worker_count(num_workers: int | str) -> int:
+    """``data.num_workers``: a number, or ``auto``: one loader process per core this process may
+    use beyond the one that trains (at most 4), so none on one core, where a worker would only
+    take turns with the model.
+
+    Examples:
+        >>> worker_count(3), worker_count("auto") == min(4, len(os.sched_getaffinity(0)) - 1)
+        (3, True)
+    """
+    if num_workers == "auto":
+        return max(0, min(4, len(os.sched_getaffinity(0)) - 1))
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(
+            f"data.num_workers={num_workers!r} is invalid: give a whole number of at least 0 (0"
+            " loads in the training process) or auto (one per spare core)."
+        )
+    return num_workers
+
+
+def auto_cache(n_pairs: int, size: tuple[int, int], share: float) -> DecodeCache:
+    """``data.cache=auto``: keep decoded, resized samples in RAM when the whole set (3 image and
+    1 mask bytes a pixel) fits ``share`` of the memory available now; else decode every epoch."""
+    need = n_pairs * size[0] * size[1] * 4
+    available = psutil_available()
+    fits = available is not None and need <= share * available
+    log.info(
+        "data.cache=auto: %s (%d pairs at %dx%d need %.0f MB; %s MB available, share %.2f)",
+        "ram" if fits else "none",
+        n_pairs,
+        *size,
+        need / 2**20,
+        "unknown" if available is None else f"{available / 2**20:.0f}",
+        share,
+    )
+    return make_cache("ram" if fits else "none")
+
+
+def psutil_available() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), if known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 class SegmentationDataModule(pl.LightningDataModule):
     """Data for binary segmentation.
 
@@ -114,7 +163,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         image_size: side, or ``[height, width]``, every sample is resized to.
         augment: the augmentation backend (``conf/aug``); no augmentation when ``None``.
         batch_size: samples per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``auto`` (:func:`worker_count`).
         pin_memory: page-locked host memory for faster, asynchronous copies to a GPU.
         valid_fraction: share of each group held out for validation.
         test_fraction: share of each group held out for testing (0: no test split).
@@ -130,8 +179,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             is a gray level, never void.
         image_scale: how 16-bit images become 8-bit: ``max`` divides by 65535, ``range``
             stretches each image's own min..max (:func:`nailseg.data.io.to_uint8`).
-        cache: ``none``, ``ram``, ``disk`` or ``device`` (:mod:`nailseg.data.cache`). With
-            ``device`` every split is kept on the model's device and batches are gathered there
+        cache: ``auto`` (:func:`auto_cache` with ``cache_ram_share``), ``none``, ``ram``,
+            ``disk`` or ``device`` (:mod:`nailseg.data.cache`). With ``device`` every split is kept on the model's device and batches are gathered there
             (:mod:`nailseg.data.device`): ``num_workers`` and ``pin_memory`` are then unused, the
             augmentation backend must work on the device (``aug=kornia_gpu`` or ``aug=none``),
             and training uses one device.
@@ -162,7 +211,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         image_size: int | Sequence[int] = 256,
         augment: AugmentBackend | None = None,
         batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pin_memory: bool = True,
         valid_fraction: float = 0.2,
         test_fraction: float = 0.0,
@@ -176,12 +225,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         foreground: int | Sequence[int] | None = None,
         ignore_index: int | None = 255,
         image_scale: str = "max",
+        cache_ram_share: float = 0.25,
     ) -> None:
         super().__init__()
         self.source = source
         self.image_size = as_size(image_size)
         self.augment = augment or NoAugment()
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.batch_size, self.num_workers = int(batch_size), worker_count(num_workers)
         self.pin_memory = bool(pin_memory)
         self.valid_fraction, self.test_fraction = valid_fraction, test_fraction
         self.seed, self.split_dir = int(seed), Path(split_dir)
@@ -190,7 +240,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.foreground = check_foreground(foreground, mask_threshold, self.ignore_index)
         self.image_scale = check_image_scale(image_scale)
         self.on_invalid = on_invalid
-        self.cache: DecodeCache = make_cache(cache, cache_dir)
+        # cache=auto: ram when the decoded set fits cache_ram_share of free RAM (decided in check).
+        self.cache_auto = cache == "auto"
+        self.cache_ram_share = float(cache_ram_share)
+        self.cache: DecodeCache = make_cache("none" if self.cache_auto else cache, cache_dir)
         self.device_cache_share = float(device_cache_share)
         if self.cache.kind == "device":
             check_backend(self.augment)
@@ -215,8 +268,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         """
         if self.report is None:
             name = describe(self.source)
+            scan = self.source.scan()
+            if self.cache_auto:
+                self.cache = auto_cache(len(scan.pairs), self.image_size, self.cache_ram_share)
             self.report = check_pairs(
-                self.source.scan(),
+                scan,
                 name,
                 self.mask_threshold,
                 self.on_invalid,
