@@ -38,6 +38,9 @@ class Job:
         self.status, self.detail = status, detail
 
 
+# A search's pruned trial ended as asked: not a failure of the sweep.
+ENDED_WELL = ("completed", "pruned")
+
 # The jobs this process ran in the current multirun (Hydra's basic launcher runs them in turn).
 _jobs: list[Job] = []
 
@@ -90,7 +93,7 @@ def sweep_summary() -> Iterator[None]:
         jobs = list(_jobs)
         _jobs.clear()
         if jobs:
-            bad = any(j.status != "completed" for j in jobs)
+            bad = any(j.status not in ENDED_WELL for j in jobs)
             print("\n".join(summary_lines(jobs)), file=sys.stderr if bad else sys.stdout)
-    if jobs and any(j.status != "completed" for j in jobs):
+    if jobs and any(j.status not in ENDED_WELL for j in jobs):
         sys.exit(1)  # Hydra normally exits first, re-raising the first failed job
