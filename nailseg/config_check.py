@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -108,6 +109,9 @@ def check_config(cfg: DictConfig) -> None:
     """
     choices = _choices(cfg)
     problems = [*_unknown_keys(cfg), *_bad_values(cfg, choices)]
+    ddp = multirun_ddp_problem(cfg)
+    if ddp:
+        problems.append(ddp)
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
@@ -120,6 +124,89 @@ def check_config(cfg: DictConfig) -> None:
 
 
 _ABSENT = object()
+
+# Lightning strategies whose launcher starts the other processes by running this script's command
+# line again (its _SubprocessScriptLauncher): "ddp" and its variants, FSDP and DeepSpeed. The
+# spawn/fork flavours (ddp_spawn, ddp_fork, ddp_notebook) start processes in Python instead.
+SCRIPT_LAUNCHED = re.compile(r"^(ddp|ddp_find_unused_parameters_(true|false)|fsdp.*|deepspeed.*)$")
+
+
+def _several_devices(devices: Any) -> bool:
+    """Whether ``trainer.devices`` may mean several devices (``-1``/``auto``: all there are)."""
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    if isinstance(devices, str):
+        text = devices.strip()
+        return (
+            text in ("-1", "auto") or "," in text.strip(",") or (text.isdigit() and int(text) > 1)
+        )
+    if isinstance(devices, Sequence):
+        return len(devices) > 1
+    return False
+
+
+def _script_launched(strategy: Any) -> bool:
+    if isinstance(strategy, str):
+        return bool(SCRIPT_LAUNCHED.match(strategy))
+    if isinstance(strategy, dict | DictConfig):
+        target = str(strategy.get("_target_", ""))
+        if target.endswith("DDPStrategy"):
+            return strategy.get("start_method", "popen") == "popen"
+        return target.endswith(("FSDPStrategy", "DeepSpeedStrategy"))
+    return False
+
+
+def multirun_ddp_problem(cfg: DictConfig, multirun: bool | None = None) -> str | None:
+    """The one-line refusal of a multi-process DDP run inside a Hydra multirun, else ``None``.
+
+    Lightning's ``strategy: ddp`` starts the other ranks by running the command line again; in a
+    multirun that command line is the whole sweep (``-m ...``), so each rank would run every job,
+    and the ranks of different jobs would wait for each other. Jobs that a launcher starts as
+    processes of their own with the ranks created outside (``hydra/launcher=submitit_slurm``: SLURM
+    starts one task per device) are fine.
+
+    Args:
+        cfg: the composed config; with ``return_hydra_config`` its ``hydra`` node says the
+            launcher (and ``hydra.mode``).
+        multirun: whether this is a multirun (``-m``); ``None``: as Hydra says for this job, or
+            as ``cfg.hydra.mode`` says.
+    """
+    if multirun is None:
+        if HydraConfig.initialized():
+            multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        else:
+            multirun = OmegaConf.select(cfg, "hydra.mode", default=None) == RunMode.MULTIRUN
+    if not multirun:
+        return None
+    trainer = OmegaConf.select(cfg, "trainer", default=None)
+    if not isinstance(trainer, DictConfig):
+        return None
+    try:
+        strategy = trainer.get("strategy")
+        devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)
+    except OmegaConfBaseException:
+        return None  # unresolvable values: _bad_values and the Trainer report them
+    several = _several_devices(devices) or (isinstance(nodes, int) and nodes > 1)
+    if not (_script_launched(strategy) and several):
+        return None
+    launcher = (
+        str(HydraConfig.get().launcher.get("_target_", ""))
+        if HydraConfig.initialized()
+        else str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    )
+    if "submitit" in launcher.lower() and "slurm" in launcher.lower():
+        return None
+    shown = strategy if isinstance(strategy, str) else strategy.get("_target_")
+    return (
+        f"trainer.strategy={shown} with trainer.devices={_show(devices)} cannot run inside a"
+        " multirun (-m): Lightning starts the other DDP processes by running the command line"
+        " again, which here is the whole sweep, so every process would run every job. Run the"
+        " jobs one by one without -m (e.g. a shell loop over the values), use"
+        " hydra/launcher=submitit_slurm (SLURM starts each job's processes itself), or train"
+        " each job on one device (trainer.devices=1)."
+    )
 
 
 def _bad_values(cfg: DictConfig, choices: dict[str, Any]) -> Iterator[str]:

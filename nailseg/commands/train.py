@@ -10,13 +10,15 @@ multirun, each job's outcome is printed (:func:`nailseg.runs.sweep.sweep_summary
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from nailseg.commands import command, compose
-from nailseg.config import CONF_DIR, PRIMARY_CONFIG
+from nailseg.config import CONF_DIR, PRIMARY_CONFIG, REPO_ROOT
+from nailseg.config_check import multirun_ddp_problem
 from nailseg.errors import ConfigError
 from nailseg.runs.sweep import sweep_summary
 from nailseg.runs.writable import run_dir_problem
@@ -72,14 +74,24 @@ def preflight(argv: list[str]) -> None:
     except Exception:  # noqa: BLE001 - Hydra's parser: let hydra.main report its own syntax error
         return
     if overrides is not None:
-        compose(overrides)
+        cfg = compose(overrides, return_hydra_config=True)
+        # DDP that re-runs the command line inside a sweep: refused before Hydra starts one.
+        multirun = True if any(a in MULTIRUN_FLAGS for a in argv) else None
+        problem = multirun_ddp_problem(cfg, multirun=multirun)
+        if problem:
+            raise ConfigError(problem)
 
 
 @command
 def main(argv: list[str]) -> int:
     preflight(argv)
     saved = sys.argv
-    sys.argv = [saved[0] if saved and saved[0].endswith("train.py") else "nailseg train", *argv]
+    # A script Python can run again: Lightning's DDP (trainer=ddp) starts the other ranks with
+    # `python sys.argv[0] sys.argv[1:]`, so `nailseg train` runs as the repository's train.py.
+    script = saved[0] if saved and saved[0].endswith("train.py") else str(REPO_ROOT / "train.py")
+    if not Path(script).is_file():  # an installed package without the repository
+        script = "nailseg train"
+    sys.argv = [script, *argv]
     try:
         with sweep_summary():
             hydra_main()

@@ -22,7 +22,14 @@ from nailseg.data.fingerprint import data_fingerprint
 from nailseg.data.io import check_image_scale
 from nailseg.data.sampler import EpochSeededSampler
 from nailseg.data.sources.base import Pair, PairSource
-from nailseg.data.split import SPLITS, load_or_create_split, split_key, write_split
+from nailseg.data.split import (
+    SPLITS,
+    check_folds,
+    load_or_create_folds,
+    load_or_create_split,
+    split_key,
+    write_split,
+)
 from nailseg.data.validate import DataReport, check_pairs, describe
 from nailseg.errors import ConfigError
 
@@ -180,7 +187,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         image_scale: how 16-bit images become 8-bit: ``max`` divides by 65535, ``range``
             stretches each image's own min..max (:func:`nailseg.data.io.to_uint8`).
         cache: ``auto`` (:func:`auto_cache` with ``cache_ram_share``), ``none``, ``ram``,
-            ``disk`` or ``device`` (:mod:`nailseg.data.cache`). With ``device`` every split is kept on the model's device and batches are gathered there
+            ``disk`` or ``device`` (:mod:`nailseg.data.cache`). With ``device`` every split is
+            kept on the model's device and batches are gathered there
             (:mod:`nailseg.data.device`): ``num_workers`` and ``pin_memory`` are then unused, the
             augmentation backend must work on the device (``aug=kornia_gpu`` or ``aug=none``),
             and training uses one device.
@@ -189,12 +197,19 @@ class SegmentationDataModule(pl.LightningDataModule):
             pairs with problems, listing each (:mod:`nailseg.data.validate`).
         device_cache_share: with ``cache=device``, the largest share of the device's free memory
             the data may take; more stops the run before training.
+        folds: k-fold cross-validation: the number of folds the training pool (every pair not in
+            the test split) is cut into, stratified by group and seeded by ``seed``
+            (:func:`nailseg.data.split.kfold_split`); ``valid_fraction`` is then unused.
+            ``None``: the plain split.
+        fold: with ``folds``, the fold that validates (``0 .. folds-1``); the others train.
 
     The device is known only once a Trainer is attached, so ``cache=device`` moves the data there
     when the loaders are first requested with one (on the CPU without a Trainer).
 
     Split: pairs that carry a split (a list file's ``split`` column, VOC image sets) use it;
     otherwise a seeded, stratified split is made once and reused (:mod:`nailseg.data.split`).
+    With ``folds``, fold ``fold`` validates; a given split then keeps its test pairs and its
+    train and valid pairs are folded together.
 
     The ``data`` config node also holds the keys in :attr:`SHORTCUT_KEYS` (``data.root`` ...),
     which only its ``source`` reads; :func:`datamodule_node` leaves them out.
@@ -226,6 +241,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         ignore_index: int | None = 255,
         image_scale: str = "max",
         cache_ram_share: float = 0.25,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__()
         self.source = source
@@ -235,6 +252,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.valid_fraction, self.test_fraction = valid_fraction, test_fraction
         self.seed, self.split_dir = int(seed), Path(split_dir)
+        check_folds(folds, fold)
+        self.folds, self.fold = folds, fold
         self.mask_threshold = mask_threshold
         self.ignore_index = check_ignore_index(ignore_index)
         self.foreground = check_foreground(foreground, mask_threshold, self.ignore_index)
@@ -297,7 +316,22 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _split(self, pairs: list[Pair]) -> None:
         given = [p for p in pairs if p.split]
-        if given:
+        if self.folds is not None:
+            if given:
+                log.info(
+                    "data.folds=%d: the data gives its own split; its test pairs stay the test"
+                    " split and its train and valid pairs are folded",
+                    self.folds,
+                )
+            self.splits, self.split_folder = load_or_create_folds(
+                given or pairs,
+                self.split_dir,
+                self.folds,
+                self.fold,
+                self.test_fraction,
+                self.seed,
+            )
+        elif given:
             self.splits = {name: [p for p in given if p.split == name] for name in SPLITS}
             # Persist it too, so a run's record points at the exact lists it trained on.
             self.split_folder = self.split_dir / f"given-{split_key(given, 0, 0, 0)}"
@@ -318,6 +352,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         report = self.check()
         self._split(report.pairs)
         n_valid = len(self.splits["valid"])
+        if not n_valid and self.folds is not None:
+            raise ConfigError(
+                f"Fold {self.fold} of data.folds={self.folds} is empty ({len(report.pairs)}"
+                " pairs). Lower data.folds or add data."
+            )
         if not n_valid:
             raise ConfigError(
                 f"The validation split is empty ({len(report.pairs)} pairs, data.valid_fraction="

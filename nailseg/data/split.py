@@ -3,12 +3,18 @@
 The split lives in a folder named after a hash of the pair list and the split parameters, so the
 same data and parameters reuse the same CSVs, and any change makes a new split instead of
 silently reusing a stale one.
+
+k-fold cross-validation (``data.folds=K data.fold=I``, :func:`kfold_split`): the training pool
+(every pair not in the test split) is cut into K folds, each group spread over them; fold I
+validates and the rest trains. Each (K, I, seed) gets its own folder (:func:`fold_key`), so folds
+never overwrite each other or the plain split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -82,7 +88,9 @@ def write_split(splits: dict[str, list[Pair]], folder: Path) -> None:
         frame = pd.DataFrame(
             [(str(p.image), str(p.mask), p.group) for p in members], columns=list(CSV_COLUMNS)
         )
-        tmp = folder / f".{name}.csv.tmp"
+        # A temp name of this process's own: DDP ranks may write the same (identical) split at
+        # once, and a shared temp file would be replaced away under one of them.
+        tmp = folder / f".{name}.csv.{os.getpid()}.tmp"
         frame.to_csv(tmp, index=False)
         tmp.replace(folder / f"{name}.csv")
 
@@ -125,6 +133,115 @@ def load_or_create_split(
     write_split(splits, folder)
     log.info(
         "Wrote split %s: %d train / %d valid / %d test",
+        folder,
+        len(splits["train"]),
+        len(splits["valid"]),
+        len(splits["test"]),
+    )
+    return splits, folder
+
+
+def check_folds(folds: int | None, fold: int) -> None:
+    """``data.folds``/``data.fold``: ``folds`` null (no k-fold) or a whole number of at least 2,
+    and ``fold`` one of ``0 .. folds-1``."""
+    if folds is None:
+        return
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(
+            f"data.folds={folds!r} is invalid: give the number of cross-validation folds, a whole"
+            " number of at least 2 (e.g. data.folds=5), or null for the plain split."
+        )
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ConfigError(
+            f"data.fold={fold!r} is out of range for data.folds={folds}: give the validation"
+            f" fold, 0 to {folds - 1} (e.g. data.fold=0, or -m data.fold=range({folds}) for all)."
+        )
+
+
+def assign_folds(pairs: Sequence[Pair], folds: int, seed: int = 0) -> list[list[Pair]]:
+    """``pairs`` dealt into ``folds`` folds, stratified by group, shuffled by ``seed``.
+
+    Written here because no installed library does it (scikit-learn's ``StratifiedKFold`` is not
+    a dependency): each group's members, shuffled, are dealt round-robin over the folds, and the
+    deal goes on where the previous group's ended, so every group is spread evenly (its count in
+    any two folds differs by at most one) and so are the folds' sizes. Groups are visited in an
+    order shuffled by ``seed`` too, so the seed matters even when every group has one pair.
+    """
+    check_folds(folds, 0)
+    by_group: dict[str, list[Pair]] = defaultdict(list)
+    for pair in pairs:
+        by_group[pair.group].append(pair)
+    groups = sorted(by_group)
+    result: list[list[Pair]] = [[] for _ in range(folds)]
+    position = 0
+    for g in np.random.default_rng([seed, folds]).permutation(len(groups)).tolist():
+        members = sorted(by_group[groups[g]], key=lambda p: str(p.image))
+        rng = np.random.default_rng([seed, zlib.crc32(groups[g].encode()), folds])
+        for i in rng.permutation(len(members)).tolist():
+            result[position % folds].append(members[i])
+            position += 1
+    return result
+
+
+def kfold_split(
+    pairs: Sequence[Pair], folds: int, fold: int, test_fraction: float = 0.0, seed: int = 0
+) -> dict[str, list[Pair]]:
+    """Fold ``fold`` of ``folds`` as the validation split, the other folds as train.
+
+    Pairs that carry a ``split`` (a list file's column, VOC image sets) keep their given test
+    split and the rest (given train and valid) is folded; otherwise the test split is the plain
+    split's (:func:`stratified_split` with ``test_fraction`` and no validation), the same for
+    every fold.
+    """
+    check_folds(folds, fold)
+    given = [p for p in pairs if p.split]
+    if given:
+        test = [p for p in given if p.split == "test"]
+        pool = [p for p in given if p.split != "test"]
+    else:
+        plain = stratified_split(pairs, 0.0, test_fraction, seed)
+        test, pool = plain["test"], plain["train"]
+    if len(pool) < folds:
+        raise ConfigError(
+            f"data.folds={folds} needs at least {folds} pairs to fold, but the training pool has"
+            f" {len(pool)}. Lower data.folds or add data."
+        )
+    dealt = assign_folds(pool, folds, seed)
+    train = [p for i, members in enumerate(dealt) if i != fold for p in members]
+    return {"train": train, "valid": dealt[fold], "test": test}
+
+
+def fold_key(pairs: Sequence[Pair], folds: int, fold: int, test_fraction: float, seed: int) -> str:
+    """The folder name of one fold's split: ``folds5-fold2-seed42-<hash>``, the hash of the pair
+    list (given splits included) and the test fraction."""
+    digest = hashlib.sha1(f"folds|{folds}|{test_fraction}|{seed}".encode())
+    for pair in sorted(pairs, key=lambda p: str(p.image)):
+        digest.update(f"{pair.image}|{pair.mask}|{pair.group}|{pair.split}\n".encode())
+    return f"folds{folds}-fold{fold}-seed{seed}-{digest.hexdigest()[:12]}"
+
+
+def load_or_create_folds(
+    pairs: Sequence[Pair],
+    split_root: Path,
+    folds: int,
+    fold: int,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> tuple[dict[str, list[Pair]], Path]:
+    """Fold ``fold``'s split and the folder of its CSVs, reused when already written."""
+    check_folds(folds, fold)
+    given = any(p.split for p in pairs)
+    name = fold_key(pairs, folds, fold, 0.0 if given else test_fraction, seed)
+    folder = Path(split_root) / (f"given-{name}" if given else name)
+    if (folder / "train.csv").is_file() and (folder / "valid.csv").is_file():
+        log.info("Reusing fold split %s", folder)
+        return read_split(folder), folder
+    splits = kfold_split(pairs, folds, fold, test_fraction, seed)
+    write_split(splits, folder)
+    log.info(
+        "Wrote fold %d of %d (%s): %d train / %d valid / %d test",
+        fold,
+        folds,
         folder,
         len(splits["train"]),
         len(splits["valid"]),

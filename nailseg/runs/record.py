@@ -2,6 +2,9 @@
 
 This module is the one place that knows the record's format; everything that reads records
 (diff, rerun, resume) goes through it.
+
+In a distributed run (``trainer=ddp``) every process runs the same script; only global rank 0
+writes the record (:func:`is_rank_zero`), the others keep theirs in memory.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from nailseg.config import CONF_DIR, REPO_ROOT
 from nailseg.errors import ConfigError
@@ -44,6 +48,15 @@ VERSIONED_PACKAGES = (
     "timm",
     "numpy",
 )
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes records: global rank 0, or not distributed at all.
+
+    Lightning sets ``rank_zero_only.rank`` from the ``RANK``/``LOCAL_RANK`` environment it starts
+    DDP children with (at import), and again when its strategy sets up.
+    """
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _now() -> str:
@@ -196,9 +209,12 @@ class RunRecord:
             extra: more top-level fields, e.g. ``rerun_of``.
         """
         run_dir = Path(run_dir)
+        hydra = hydra or {}
+        if not is_rank_zero():
+            # A DDP child: rank 0 has written the record of this run; keep a copy in memory.
+            return cls(run_dir, {"status": "running", "run_dir": str(run_dir.resolve())})
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, cfg)
-        hydra = hydra or {}
         snapshot = run_dir / CONF_SNAPSHOT
         if not snapshot.exists():
             shutil.copytree(hydra.get("config_dir") or CONF_DIR, snapshot, symlinks=False)
@@ -259,7 +275,9 @@ class RunRecord:
         return round(time.monotonic() - self._t0, 3)
 
     def save(self) -> None:
-        write_json(self.run_dir / RUN_JSON, self.data)
+        """Write ``run.json`` (rank 0 only: see :func:`is_rank_zero`)."""
+        if is_rank_zero():
+            write_json(self.run_dir / RUN_JSON, self.data)
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)

@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nailseg.errors import RunInterrupted
-from nailseg.runs.record import RunRecord, write_config
+from nailseg.runs.record import RunRecord, is_rank_zero, read_run, write_config
 from nailseg.runs.resume import (
     Resume,
     check_same_data,
@@ -71,6 +71,12 @@ def hydra_info() -> dict[str, Any]:
             None,
         ),
     }
+
+
+def _rank() -> int:
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
 
 
 def stop_signal(err: BaseException) -> str | None:
@@ -155,9 +161,15 @@ class RunSession:
                 " paths.runs_dir.",
             )
             record = RunRecord.start(output_dir, cfg, info, **record_extra)
-            tidy_checkpoints(cfg)  # a reused dir may hold temp files of a killed checkpoint write
+            if is_rank_zero():  # a DDP child must not remove rank 0's files
+                tidy_checkpoints(cfg)  # a reused dir may hold temp files of a killed write
             return cls(cfg, record, None)
         resume = prepare_resume(cfg, info)
+        if not is_rank_zero():
+            # A DDP child of a resumed run: rank 0 reopens the record and tidies the run dir; the
+            # child only needs the recorded config and the checkpoint to continue from.
+            log.info("Rank %s resumes %s from %s", _rank(), resume.run_dir, resume.checkpoint)
+            return cls(resume.cfg, RunRecord(resume.run_dir, read_run(resume.run_dir)), resume)
         ensure_writable_dir(
             resume.run_dir,
             f"resume={resume.run_dir}: the run dir",
@@ -219,6 +231,8 @@ class RunSession:
     def attach(self, trainer: pl.Trainer) -> pl.Trainer:
         """The trainer whose checkpoints and metrics an interruption records."""
         self.trainer = trainer
+        if trainer.world_size > 1:  # DDP: the processes that train, their metrics synced
+            self.record.update(world_size=trainer.world_size)
         return trainer
 
     def check_data(self, fingerprint: dict[str, Any]) -> None:
