@@ -4,7 +4,8 @@ Hydra's job runner catches an ``Exception`` from a job, records the job as faile
 the next; after the last job it raises the first failure. So a job that stops on a user error
 raises :class:`JobFailed` (a compact Hydra error: one line at the end, no traceback) instead of
 exiting, and :func:`sweep_summary` lists every job's outcome once the sweep is over, with a
-non-zero exit status when any failed. Each job's ``run.json`` records its own failure.
+non-zero exit status when any failed. Each job's ``run.json`` records its own failure; the
+sweep dir's ``summary.csv``/``.md``/``.png`` (:mod:`nailseg.runs.summary`) tabulate them all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
@@ -77,6 +79,9 @@ def summary_lines(jobs: list[Job]) -> list[str]:
         lines.append(f"  #{job.num:<3} {job.status:<11} {changed:<{width}}  {detail}".rstrip())
     if counts:
         lines.append("Each job's run.json (in its run dir under the sweep dir) holds its outcome.")
+    table = Path(jobs[0].sweep_dir) / "summary.csv"  # nailseg.runs.summary writes it
+    if table.is_file():
+        lines.append(f"Summary table: {table} (and summary.md, summary.png)")
     return lines
 
 
