@@ -56,6 +56,9 @@ class SegmentationModule(pl.LightningModule):
         self.save_hyperparameters({"threshold": threshold, "normalization": normalization})
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # None: the optimizer partial's own lr (optimizer.lr). Lightning's Tuner.lr_find sets it
+        # (``nailseg lr-find``); when set it overrides the partial's.
+        self.lr: float | None = None
         self.ignore_index = ignore_index_of(loss)
         # Keys carry a suffix: ModuleDict keys may not shadow Module attributes such as `train`.
         # nan_strategy="disable": the default checks every update for NaN on the host, a device
@@ -119,7 +122,11 @@ class SegmentationModule(pl.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        # Only trainable parameters: a frozen encoder (callbacks=finetune) joins the optimiser
+        # as its own group when it is unfrozen.
+        params = [p for p in self.parameters() if p.requires_grad]
+        lr = {} if self.lr is None else {"lr": self.lr}
+        optimizer = self.optimizer_factory(params=params, **lr)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -267,7 +267,7 @@ def load_encoder_weights(encoder: nn.Module, path: Path, encoder_name: str = "")
         ...                      Path("/tmp/resnet18.pth"), "resnet18")
     """
     expected = encoder.state_dict()
-    state = _strip_prefix(_read_state_dict(path), expected)
+    state = _timm_model_state(_strip_prefix(_read_state_dict(path), expected), expected)
     try:
         # smp's encoders override load_state_dict (dropping classifier heads, renaming old keys)
         # and most return None, not torch's missing/unexpected keys: load strictly through the
@@ -332,6 +332,33 @@ def _strip_prefix(
     if best is None or not fits(best):
         return state
     return {k[len(best) :]: v for k, v in state.items() if k.startswith(best)}
+
+
+def _timm_model_state(
+    state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A timm model's own state dict -> its ``tu-`` encoder's (smp's ``TimmUniversalEncoder``).
+
+    The encoder holds the timm model as ``model.`` and, built ``features_only``, without the
+    classifier head (for EfficientNet ``conv_head``, ``bn2``, ``classifier``). So
+    ``timm.create_model(NAME).state_dict()`` (a timm checkpoint file), or the deprecated smp
+    ``timm-efficientnet-b4`` encoder's (``encoder=effnet_b4`` before it became
+    ``tu-efficientnet_b4``), fits once ``model.`` is added and the head left out. smp renames
+    keys this way only for its own deprecated names (regnet, res2net, ...), hence this. Only
+    when every tensor of the encoder is in the file with its shape; otherwise ``state`` is
+    returned as it is, for :func:`_misfit` to explain.
+    """
+    if not expected or not all(k.startswith("model.") for k in expected):
+        return state
+    if any(k.startswith("model.") for k in state):
+        return state
+    prefixed = {f"model.{k}": v for k, v in state.items()}
+    if any(k not in prefixed or prefixed[k].shape != v.shape for k, v in expected.items()):
+        return state
+    head = sorted(k for k in prefixed if k not in expected)
+    if head:
+        log.info("Encoder weights: left out %d head tensor(s) (%s)", len(head), ", ".join(head))
+    return {k: prefixed[k] for k in expected}
 
 
 def _misfit(

@@ -31,6 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nailseg.errors import RunInterrupted
+from nailseg.runs.curves import write_curves
 from nailseg.runs.record import RunRecord, is_rank_zero, read_run, write_config
 from nailseg.runs.resume import (
     Resume,
@@ -258,6 +259,8 @@ class RunSession:
             last_checkpoint=newest_checkpoint(trainer) if trainer is not None else None,
             **fields,
         )
+        if is_rank_zero():
+            write_curves(self.run_dir)  # curves.png: losses, IoU and Dice per epoch
         log.info(
             "Done in %.0f s: val/iou=%.4f val/dice=%.4f val/loss=%.4f. Run dir: %s",
             self.record.data["duration_s"],

@@ -1,0 +1,87 @@
+"""``curves.png``: a run's learning curves, drawn from its CSV log when the run ends.
+
+Lightning's ``CSVLogger`` writes ``csv/metrics.csv`` with one row per logging call: step rows
+(``train/loss_step``, the learning rate) and epoch rows (``train/loss``, ``val/loss``,
+``val/iou``, ``val/dice``), each leaving the other columns empty. :func:`write_curves` keeps the
+epoch-level values, one per epoch (the last one logged, so a resumed run's repeats count once).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("train/loss", "val/loss")
+SCORES = ("val/iou", "val/dice")
+
+
+def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
+    """``{metric: {epoch: value}}`` for the columns of :data:`LOSSES` and :data:`SCORES`.
+
+    Empty cells (another row's metric) and non-finite values are left out.
+    """
+    curves: dict[str, dict[int, float]] = {name: {} for name in (*LOSSES, *SCORES)}
+    with metrics_csv.open(newline="") as file:
+        for row in csv.DictReader(file):
+            epoch = row.get("epoch") or ""
+            if not epoch:
+                continue
+            for name, values in curves.items():
+                cell = row.get(name) or ""
+                try:
+                    value = float(cell)
+                except ValueError:
+                    continue
+                if math.isfinite(value):
+                    values[int(float(epoch))] = value
+    return curves
+
+
+def write_curves(run_dir: Path | str) -> Path | None:
+    """Plot train/val loss and val IoU/Dice per epoch into ``RUN_DIR/curves.png``.
+
+    Returns the PNG's path, or ``None`` (with one log line) when there is nothing to draw: no
+    ``csv/metrics.csv`` (no CSV logger), no epoch values, or matplotlib (a dev dependency) not
+    installed. Never raises for these: a missing picture must not fail a finished run.
+    """
+    run_dir = Path(run_dir)
+    metrics_csv = run_dir / "csv" / "metrics.csv"
+    if not metrics_csv.is_file():
+        log.info("No curves.png: %s not found (the csv logger writes it)", metrics_csv)
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("No curves.png: matplotlib is not installed (pip install matplotlib)")
+        return None
+    curves = read_epoch_metrics(metrics_csv)
+    if not any(curves.values()):
+        log.info("No curves.png: %s holds no epoch values", metrics_csv)
+        return None
+    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, names, title in ((loss_ax, LOSSES, "loss"), (score_ax, SCORES, "validation")):
+        for name in names:
+            points = sorted(curves[name].items())
+            if points:
+                epochs, values = zip(*points, strict=True)
+                # Epochs as Lightning counts them (from 0), as in the checkpoint names.
+                ax.plot(epochs, values, marker="o", markersize=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    score_ax.set_ylim(0, 1)
+    fig.suptitle(run_dir.name)
+    out = run_dir / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
