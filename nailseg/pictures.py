@@ -163,3 +163,54 @@ def write_image(out: Path, rgb: np.ndarray) -> None:
         reason = "OpenCV could not write it"
     if not written:
         raise ConfigError(f"Cannot write --out {out} ({reason}). {OUT_FIX}")
+
+
+GROUND_TRUTH_RGB = (0, 220, 0)  # predictions grid: the true mask's contour
+PREDICTED_RGB = (255, 0, 200)  # and the predicted mask's
+
+
+def contours_on(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """``uint8`` RGB ``(H, W, 3)`` with the true (green) and predicted (magenta) foreground's
+    contours drawn on it; masks ``(H, W)``, foreground where ``== 1``."""
+    out = np.ascontiguousarray(image.copy())
+    for mask, colour in ((truth, GROUND_TRUTH_RGB), (predicted, PREDICTED_RGB)):
+        fg = (mask == 1).astype(np.uint8)
+        contours, _ = cv2.findContours(fg, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, colour, 1)
+    return out
+
+
+def predictions_grid(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    labels: Sequence[str],
+    columns: int = 4,
+) -> np.ndarray:
+    """A grid of images (all of one size) with true and predicted contours and a label above each,
+    in the order given (``nailseg eval`` passes them worst IoU first)."""
+    # Small images are enlarged by a whole factor (nearest), so one-pixel contours stay visible.
+    factor = max(1, -(-160 // max(images[0].shape[:2])))
+    if factor > 1:
+        images, truths, predictions = (
+            [cv2.resize(a, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) for a in x]
+            for x in (images, truths, predictions)
+        )
+    height, width = images[0].shape[:2]
+    tile_width = max(width, 160)
+    tiles = []
+    for image, truth, pred, text in zip(images, truths, predictions, labels, strict=True):
+        tile = np.full((height, tile_width, 3), 255, np.uint8)
+        tile[:, :width] = contours_on(image, truth, pred)
+        tiles.append(np.concatenate([_label(tile_width, text), tile], axis=0))
+    columns = max(1, min(columns, len(tiles)))
+    blank = np.full_like(tiles[0], 255)
+    tiles += [blank] * (-len(tiles) % columns)
+    gap_v = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
+    rows = [
+        np.concatenate([t for tile in tiles[r : r + columns] for t in (tile, gap_v)][:-1], axis=1)
+        for r in range(0, len(tiles), columns)
+    ]
+    legend = _label(rows[0].shape[1], "green: ground truth   magenta: prediction")
+    spacer = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([legend, *(x for r in rows for x in (spacer, r))], axis=0)

@@ -1,0 +1,146 @@
+"""``nailseg export RUN_DIR --format onnx [--out FILE] [--opset N]``: the run's network as an ONNX
+model, checked against PyTorch.
+
+The ONNX graph maps normalised images ``image`` ``(B, 3, H, W)`` float32 to logits ``logits``
+``(B, 1, H, W)``, with batch, height and width dynamic (height and width multiples of 32, as
+for every smp encoder). What a user needs to prepare inputs and read outputs is in the model's
+``metadata_props``: ``mean``, ``std`` (of [0, 1] RGB), ``threshold`` (on the sigmoid),
+``image_size`` (trained at; ``[height, width]``), ``arch``, ``encoder``, ``input_range``,
+``output``, and the ``run_dir``/``checkpoint`` it came from.
+
+After writing, onnxruntime and PyTorch run the same random inputs of two sizes (64x64 and
+96x128, batch 2); the largest absolute logit difference is printed, and above
+:data:`TOLERANCE` the export fails (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nailseg.commands import command
+from nailseg.errors import ConfigError
+from nailseg.inference import LoadedRun, load_run
+
+TOLERANCE = 1e-4  # largest absolute difference of logits, onnxruntime vs PyTorch (float32)
+CHECK_SIZES = ((64, 64), (96, 128))
+DEFAULT_OPSET = 17
+INSTALL_HINT = "pip install 'nailseg[export]' (onnx, onnxruntime)"
+
+
+def _onnx_modules():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as err:
+        raise ConfigError(
+            f"ONNX export needs the onnx and onnxruntime packages ({err.name} is missing):"
+            f" {INSTALL_HINT}."
+        ) from err
+    return onnx, onnxruntime
+
+
+def metadata(loaded: LoadedRun) -> dict[str, str]:
+    """The model's ``metadata_props``: everything needed to use it without the run dir."""
+    return {
+        "mean": json.dumps(loaded.normalization["mean"]),
+        "std": json.dumps(loaded.normalization["std"]),
+        "input_range": "RGB in [0, 1], then (x - mean) / std per channel",
+        "threshold": str(loaded.threshold),
+        "image_size": json.dumps(list(loaded.image_size)),
+        "arch": loaded.arch,
+        "encoder": loaded.encoder,
+        "output": "logits (B, 1, H, W); foreground where sigmoid(logits) > threshold",
+        "run_dir": str(loaded.run_dir),
+        "checkpoint": str(loaded.checkpoint),
+    }
+
+
+def export_onnx(loaded: LoadedRun, out: Path, opset: int) -> None:
+    """Write ``out`` with dynamic batch, height and width, and the metadata."""
+    onnx, _ = _onnx_modules()
+    model = loaded.model.cpu().eval()
+    height, width = loaded.image_size
+    example = torch.zeros(1, 3, height, width)
+    dims = {0: "batch", 2: "height", 3: "width"}
+    # The legacy TorchScript exporter (dynamo=False): faster than the dynamo one and writes one
+    # self-contained file (no external-data side file for the weights).
+    torch.onnx.export(
+        model,
+        (example,),
+        str(out),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": dims, "logits": dims},
+        opset_version=opset,
+        dynamo=False,
+    )
+    proto = onnx.load(str(out))
+    for key, value in metadata(loaded).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+
+
+def check_parity(loaded: LoadedRun, out: Path) -> list[tuple[tuple[int, int], float]]:
+    """The largest absolute logit difference, onnxruntime vs PyTorch, per size of
+    :data:`CHECK_SIZES`."""
+    _, ort = _onnx_modules()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    model = loaded.model.cpu().eval()
+    diffs = []
+    for size in CHECK_SIZES:
+        x = torch.randn(2, 3, *size, generator=generator)
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        (got,) = session.run(["logits"], {"image": x.numpy()})
+        if got.shape != expected.shape:
+            raise ConfigError(
+                f"{out}: onnxruntime gives logits of shape {got.shape} for input {tuple(x.shape)},"
+                f" PyTorch {expected.shape}."
+            )
+        diffs.append((size, float(np.abs(got - expected).max())))
+    return diffs
+
+
+@command
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nailseg export",
+        description="Export a run's network to ONNX (dynamic batch/height/width, normalisation"
+        " and threshold in the metadata) and check it against PyTorch.",
+    )
+    parser.add_argument(
+        "run_dir", help="a run dir, a multirun job dir, or a .ckpt in RUN/checkpoints"
+    )
+    parser.add_argument("--format", choices=("onnx",), default="onnx")
+    parser.add_argument("--out", type=Path, default=None, help="file (default: RUN_DIR/model.onnx)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    args = parser.parse_args(argv)
+    _onnx_modules()  # before loading anything: a missing package is said at once
+    loaded = load_run(args.run_dir, "cpu")
+    out = (args.out or loaded.run_dir / "model.onnx").expanduser()
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: give a file, e.g. --out {out}/model.onnx.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"Cannot create the folder of --out {out}: {err.strerror}.") from err
+    export_onnx(loaded, out, args.opset)
+    diffs = check_parity(loaded, out)
+    worst = max(d for _, d in diffs)
+    for (h, w), diff in diffs:
+        print(f"onnxruntime vs PyTorch, 2x3x{h}x{w}: max |logit difference| {diff:.2e}")
+    if worst > TOLERANCE:
+        raise ConfigError(
+            f"{out}: onnxruntime's logits differ from PyTorch's by {worst:.2e}, above the"
+            f" tolerance {TOLERANCE:.0e}. Try another --opset (now {args.opset})."
+        )
+    print(f"Wrote {out} (opset {args.opset}; parity within {TOLERANCE:.0e})")
+    return 0
