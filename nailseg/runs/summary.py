@@ -260,9 +260,71 @@ def markdown(rows: list[dict[str, Any]], keys: Sequence[str], metric: str, sweep
         if row["best"]:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
+    lines += fold_markdown(rows, keys)
     lines += ["", "Run dirs and best checkpoints:", ""]
     lines += [f"- job {r['job']}: {r['run_dir']} ({r.get('best_checkpoint') or '-'})" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+FOLD_KEY = "data.fold"
+
+
+def fold_stats(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Cross-validation: per configuration (the swept keys other than ``data.fold``), the mean
+    and sample standard deviation of each final metric over its completed folds.
+
+    Examples:
+        >>> rows = [{"status": "completed", "lr": "1", "data.fold": str(i), "final val/iou": v}
+        ...         for i, v in enumerate([0.5, 0.7])]
+        >>> stats = fold_stats(rows, ["lr", "data.fold"])
+        >>> stats[0]["lr"], stats[0]["folds"], round(stats[0]["val/iou mean"], 3)
+        ('1', 2, 0.6)
+        >>> round(stats[0]["val/iou std"], 4)
+        0.1414
+    """
+    if FOLD_KEY not in keys:
+        return []
+    others = [k for k in keys if k != FOLD_KEY]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") == "completed":
+            groups.setdefault(tuple(str(row.get(k, "")) for k in others), []).append(row)
+    stats = []
+    for config, members in groups.items():
+        entry: dict[str, Any] = {**dict(zip(others, config, strict=True)), "folds": len(members)}
+        for metric in METRICS:
+            values = [
+                v for v in (_number(m.get(f"final {metric}")) for m in members) if v is not None
+            ]
+            mean = sum(values) / len(values) if values else None
+            spread = (
+                math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                if mean is not None and len(values) > 1
+                else None
+            )
+            entry[f"{metric} mean"], entry[f"{metric} std"] = mean, spread
+        stats.append(entry)
+    return stats
+
+
+def fold_markdown(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
+    """The cross-validation table of :func:`fold_stats` (no lines when nothing swept folds)."""
+    stats = fold_stats(rows, keys)
+    if not stats:
+        return []
+    others = [k for k in keys if k != FOLD_KEY]
+    shown = [*others, "folds", *(f"{m} (mean ± std)" for m in METRICS)]
+    lines = ["", f"Cross-validation over `{FOLD_KEY}` (completed folds):", ""]
+    lines += ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    for entry in stats:
+        cells = [str(entry[k]) for k in others] + [str(entry["folds"])]
+        for metric in METRICS:
+            mean, spread = entry[f"{metric} mean"], entry[f"{metric} std"]
+            cells.append(
+                "-" if mean is None else f"{mean:.4f} ± {spread:.4f}" if spread else f"{mean:.4f}"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], keys: Sequence[str], metric: str, path: Path) -> bool:
