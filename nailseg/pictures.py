@@ -149,20 +149,22 @@ def check_out(out: Path) -> None:
         ) from err
 
 
-def write_image(out: Path, rgb: np.ndarray) -> None:
-    """Write an RGB ``uint8`` picture to ``out`` (format from its extension).
+def write_image(out: Path, pixels: np.ndarray, fix: str = OUT_FIX) -> None:
+    """Write an RGB ``(H, W, 3)`` or grayscale ``(H, W)`` ``uint8`` picture to ``out`` (format
+    from its extension).
 
     Raises:
-        ConfigError: OpenCV could not write it; the message names the file and the fix.
+        ConfigError: OpenCV could not write it; the message names the file and ``fix``.
     """
     try:
-        written = cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        bgr = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+        written = cv2.imwrite(str(out), bgr)
     except (cv2.error, OSError) as err:
         written, reason = False, str(err).strip().splitlines()[-1]
     else:
         reason = "OpenCV could not write it"
     if not written:
-        raise ConfigError(f"Cannot write --out {out} ({reason}). {OUT_FIX}")
+        raise ConfigError(f"Cannot write {out} ({reason}). {fix}")
 
 
 GROUND_TRUTH_RGB = (0, 220, 0)  # predictions grid: the true mask's contour

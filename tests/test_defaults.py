@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from nailseg.data.datamodule import auto_cache, psutil_available, worker_count
+from nailseg.data.datamodule import auto_cache, memory_available, worker_count
 from nailseg.errors import ConfigError
 
 
@@ -20,7 +20,7 @@ def test_auto_workers_leave_the_training_core_alone() -> None:
 
 
 def test_auto_cache_keeps_ram_only_when_the_set_fits() -> None:
-    available = psutil_available()
+    available = memory_available()
     assert available is not None and available > 0
     assert auto_cache(52, (256, 256), share=0.25).kind == "ram"  # 13 MB
     too_many = int(available / (256 * 256 * 4)) + 1  # more than all of the memory available

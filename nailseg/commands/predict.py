@@ -33,7 +33,7 @@ from nailseg.commands import command
 from nailseg.data.io import read_image
 from nailseg.errors import ConfigError, DataError
 from nailseg.inference import LoadedRun, load_run, predict_probs, to_uint8_batch
-from nailseg.pictures import overlay_mask
+from nailseg.pictures import overlay_mask, write_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -108,9 +108,7 @@ def predict_batch(
 
 def _write(path: Path, rgb_or_gray: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = rgb_or_gray if rgb_or_gray.ndim == 2 else cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), pixels):
-        raise ConfigError(f"Cannot write {path}: check that --output is a writable folder.")
+    write_image(path, rgb_or_gray, fix="Check that --output is a writable folder.")
 
 
 @command

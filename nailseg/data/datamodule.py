@@ -137,7 +137,7 @@ def auto_cache(n_pairs: int, size: tuple[int, int], share: float) -> DecodeCache
     """``data.cache=auto``: keep decoded, resized samples in RAM when the whole set (3 image and
     1 mask bytes a pixel) fits ``share`` of the memory available now; else decode every epoch."""
     need = n_pairs * size[0] * size[1] * 4
-    available = psutil_available()
+    available = memory_available()
     fits = available is not None and need <= share * available
     log.info(
         "data.cache=auto: %s (%d pairs at %dx%d need %.0f MB; %s MB available, share %.2f)",
@@ -151,7 +151,7 @@ def auto_cache(n_pairs: int, size: tuple[int, int], share: float) -> DecodeCache
     return make_cache("ram" if fits else "none")
 
 
-def psutil_available() -> int | None:
+def memory_available() -> int | None:
     """Bytes of memory available to new allocations (Linux ``MemAvailable``), if known."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

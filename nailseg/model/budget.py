@@ -71,6 +71,7 @@ class TimeBudget(pl.Callback):
         self.validation_s = 0.0  # longest validation so far
         self._val_start = 0.0
         self._last_batch_end: float | None = None
+        self._resumed_elapsed = 0.0  # fitting time before a resume (from the checkpoint)
         self.stopped = False
         self.validated_last = False  # whether a validation ran after the last training step
 
@@ -82,7 +83,7 @@ class TimeBudget(pl.Callback):
         return max(1e-3, self.budget_s * (1 - self.margin) - self.validation_s)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.start = time.monotonic() - float(getattr(self, "_resumed_elapsed", 0.0))
+        self.start = time.monotonic() - self._resumed_elapsed
         if not self.base_lrs:  # a resumed run keeps the rates its schedule started from
             self.base_lrs = [[g["lr"] for g in opt.param_groups] for opt in trainer.optimizers]
 

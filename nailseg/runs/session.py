@@ -245,7 +245,8 @@ class RunSession:
     def keep_logs(self) -> contextlib.AbstractContextManager[Any]:
         """Around ``trainer.fit``: a resume appends to the run's CSV logs instead of replacing
         them."""
-        assert self.trainer is not None, "attach() the trainer first"
+        if self.trainer is None:
+            raise RuntimeError("RunSession.keep_logs() needs the trainer: attach() it first")
         return keep_csv_logs(self.trainer, self.resume)
 
     def complete(self, metrics: dict[str, float], status: str = "completed", **fields: Any) -> None:
