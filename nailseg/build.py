@@ -72,6 +72,7 @@ def build_module(
         if scheduler and "_target_" in scheduler
         else None,
         normalization=normalization,
+        channels_last=cfg.get("channels_last", "auto"),
     )
 
 

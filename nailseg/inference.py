@@ -152,6 +152,20 @@ def check_state_dict(
     )
 
 
+def trained_size(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> tuple[int, int]:
+    """The ``(height, width)`` a run trained at: ``data.image_size``, or with ``auto`` the size
+    it resolved to, recorded in ``run.json`` (``data.image_size``)."""
+    size = _plain(cfg.data.image_size)
+    if size == "auto":
+        size = (record.get("data") or {}).get("image_size")
+        if not size:
+            raise ConfigError(
+                f"{run_dir / RUN_JSON} does not say which size data.image_size=auto chose (the"
+                " run stopped before its data check); it has no weights worth loading."
+            )
+    return as_size(size)
+
+
 def load_run(
     path: Path | str, device: str | torch.device = "cpu", checkpoint: Path | str | None = None
 ) -> LoadedRun:
@@ -221,7 +235,7 @@ def load_run(
             "mean": [float(v) for v in normalization["mean"]],
             "std": [float(v) for v in normalization["std"]],
         },
-        image_size=as_size(_plain(cfg.data.image_size)),
+        image_size=trained_size(cfg, record, run_dir),
         threshold=threshold,
         threshold_source=source,
         device=device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,24 @@ from nailseg.config import REPO_ROOT, compose_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "nails52"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> object:
+    """A command run in this process through Hydra (``nailseg_cli(capsys, "train", ...)``) sets
+    up Hydra's job logging: a handler on the root logger bound to the stderr of that moment,
+    which pytest's capture closes after the test. Put the root logger back as it was, so a later
+    test does not log into a closed stream ("--- Logging error ---" on its stderr)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        # pytest's own capture handlers come and go per test phase: they are left to pytest.
+        if handler not in handlers and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
 
 # Small and quick: a tiny synthetic set, a two-batch epoch, no worker processes.
 FAST_OVERRIDES = (

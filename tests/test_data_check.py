@@ -172,3 +172,5 @@ def test_nails52_passes_the_check(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "52 pair(s) found, 52 usable" in out and "gray > 127 (8-bit masks)" in out
     assert "split: 42 train, 10 valid" in out
+    # Photos of 299x168 to 1079x607 px (median side 517): auto stops at image_size_max.
+    assert "training size: 256x256 (data.image_size=auto)" in out

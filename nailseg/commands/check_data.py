@@ -37,4 +37,7 @@ def main(argv: list[str]) -> int:
         + ", ".join(f"{len(v)} {k}" for k, v in datamodule.splits.items() if v)
         + f" ({datamodule.split_folder})"
     )
+    height, width = datamodule.image_size
+    how = " (data.image_size=auto)" if datamodule.size_auto else ""
+    print(f"  training size: {width}x{height}{how}")
     return 0

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -63,6 +66,11 @@ def compute_dtype(precision: str | int | None) -> torch.dtype:
 
 def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     """``256`` or ``[256, 320]`` to ``(height, width)``."""
+    if isinstance(image_size, str):
+        raise ConfigError(
+            f"data.image_size={image_size!r} is invalid: give a multiple of 32, [height, width]"
+            " (e.g. data.image_size=256 or [256, 320]), or auto (from the data's own sizes)."
+        )
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or min(size) < 16 or any(s % 32 for s in size):
         raise ConfigError(
@@ -112,6 +120,37 @@ def check_foreground(
             f"{ignore_index}. Set data.ignore_index=null if {ignore_index} marks foreground."
         )
     return tuple(int(v) for v in values)
+
+
+def auto_image_size(images: Sequence[Path], largest: int) -> tuple[int, int]:
+    """``data.image_size=auto``: a square side from the data's own sizes, read from the file
+    headers: the median of ``sqrt(width * height)`` (so a photo's orientation does not matter)
+    rounded to a multiple of 32, at least 64 and at most ``largest`` (``data.image_size_max``).
+    Small images are then not blown up (more pixels, no more detail) and large ones are not
+    trained at a size a short budget cannot afford. Unreadable files are left to the data check.
+    """
+    sides = []
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                sides.append(math.sqrt(image.width * image.height))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    largest = as_size(largest)[0]
+    if not sides:
+        return largest, largest
+    median = float(np.median(sides))
+    side = int(min(largest, max(64, 32 * round(median / 32))))
+    log.info(
+        "data.image_size=auto: %dx%d (median image side %.0f px over %d files, rounded to 32, at"
+        " most data.image_size_max=%d)",
+        side,
+        side,
+        median,
+        len(sides),
+        largest,
+    )
+    return side, side
 
 
 def worker_count(num_workers: int | str) -> int:
@@ -167,7 +206,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     Args:
         source: where pairs come from (:mod:`nailseg.data.sources`; see ``conf/data``).
-        image_size: side, or ``[height, width]``, every sample is resized to.
+        image_size: side, or ``[height, width]``, every sample is resized to; ``auto``: a square
+            side from the data's own sizes, at most ``image_size_max`` (:func:`auto_image_size`).
         augment: the augmentation backend (``conf/aug``); no augmentation when ``None``.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes, or ``auto`` (:func:`worker_count`).
@@ -202,6 +242,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             (:func:`nailseg.data.split.kfold_split`); ``valid_fraction`` is then unused.
             ``None``: the plain split.
         fold: with ``folds``, the fold that validates (``0 .. folds-1``); the others train.
+        image_size_max: with ``image_size=auto``, the largest side chosen.
 
     The device is known only once a Trainer is attached, so ``cache=device`` moves the data there
     when the loaders are first requested with one (on the CPU without a Trainer).
@@ -243,10 +284,16 @@ class SegmentationDataModule(pl.LightningDataModule):
         cache_ram_share: float = 0.25,
         folds: int | None = None,
         fold: int = 0,
+        image_size_max: int = 256,
     ) -> None:
         super().__init__()
         self.source = source
-        self.image_size = as_size(image_size)
+        # auto: chosen from the data's sizes in check() (auto_image_size); until then unknown.
+        self.size_auto = image_size == "auto"
+        self.image_size_max = int(image_size_max)
+        self.image_size: tuple[int, int] = (
+            as_size(self.image_size_max) if self.size_auto else as_size(image_size)
+        )
         self.augment = augment or NoAugment()
         self.batch_size, self.num_workers = int(batch_size), worker_count(num_workers)
         self.pin_memory = bool(pin_memory)
@@ -288,6 +335,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.report is None:
             name = describe(self.source)
             scan = self.source.scan()
+            if self.size_auto:
+                pairs = scan.pairs
+                self.image_size = auto_image_size([p.image for p in pairs], self.image_size_max)
             if self.cache_auto:
                 self.cache = auto_cache(len(scan.pairs), self.image_size, self.cache_ram_share)
             self.report = check_pairs(
@@ -384,11 +434,16 @@ class SegmentationDataModule(pl.LightningDataModule):
     def fingerprint(self) -> dict[str, Any]:
         """The data fingerprint of the split in use, for the run record: the hashes of the
         split CSVs and of the listed files' sizes, the split folder, the pairs per split, missing
-        files and the mask rule (:func:`~nailseg.data.fingerprint.data_fingerprint`). Valid after
+        files and the mask rule (:func:`~nailseg.data.fingerprint.data_fingerprint`), and the image
+        size samples are resized to. Valid after
         ``setup()``."""
         if self.splits is None:
             raise RuntimeError("SegmentationDataModule.fingerprint() needs setup('fit') first.")
-        return data_fingerprint(self.split_folder, self.splits, self.mask_rule)
+        # The training size goes with it: with image_size=auto it is only known from the data.
+        return {
+            **data_fingerprint(self.split_folder, self.splits, self.mask_rule),
+            "image_size": list(self.image_size),
+        }
 
     @property
     def void_value(self) -> int | None:
