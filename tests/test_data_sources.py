@@ -95,9 +95,10 @@ def test_datamodule_fingerprint_after_setup(make_cfg, tmp_path: Path) -> None:
         datamodule.fingerprint()
     datamodule.setup("fit")
     fingerprint = datamodule.fingerprint()
-    assert fingerprint == data_fingerprint(
-        datamodule.split_folder, datamodule.splits, datamodule.mask_rule
-    )
+    assert fingerprint == {
+        **data_fingerprint(datamodule.split_folder, datamodule.splits, datamodule.mask_rule),
+        "image_size": [64, 64],  # the training size goes with the data record
+    }
     assert fingerprint["mask_rule"] == "foreground = gray > 127 (8-bit masks)"
     assert fingerprint["split_folder"] == str(datamodule.split_folder)
     assert sum(fingerprint["n"].values()) == 6 and fingerprint["missing_files"] == []

@@ -213,3 +213,18 @@ def test_effnet_b4_loads_a_timm_or_old_smp_state_dict(tmp_path: Path, source: st
     loaded = net.encoder.state_dict()
     assert torch.equal(loaded["model.conv_stem.weight"], state["conv_stem.weight"])
     assert torch.equal(loaded["model.blocks.6.1.bn3.bias"], state["blocks.6.1.bn3.bias"])
+
+
+def test_ema_checkpoints_the_average_and_keeps_the_raw_weights(make_cfg) -> None:
+    from nailseg.inference import load_run
+    from nailseg.train import run
+
+    record = run(make_cfg("callbacks=ema", "trainer.max_epochs=2"))
+    assert record["status"] == "completed"
+    saved = torch.load(record["last_checkpoint"], map_location="cpu", weights_only=True)
+    average, raw = saved["state_dict"], saved["current_model_state"]
+    key = "net.encoder.conv1.weight"
+    # Lightning's EMAWeightAveraging: the average is what was validated and checkpointed.
+    assert not torch.equal(average[key], raw[key])
+    loaded = load_run(record["run_dir"], checkpoint=record["last_checkpoint"])
+    assert torch.equal(loaded.model.state_dict()["encoder.conv1.weight"], average[key])
