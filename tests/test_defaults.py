@@ -94,3 +94,11 @@ def test_trained_size_of_an_auto_run_without_a_record_is_an_error(make_cfg, tmp_
     assert trained_size(cfg, {"data": {"image_size": [96, 128]}}, tmp_path) == (96, 128)
     with pytest.raises(ConfigError, match="does not say which size data.image_size=auto chose"):
         trained_size(cfg, {"data": {}}, tmp_path)
+
+
+@pytest.mark.parametrize("bad", [100, 32, "big"])
+def test_bad_image_size_max_names_the_key(make_cfg, bad) -> None:
+    from nailseg.build import build_datamodule
+
+    with pytest.raises(ConfigError, match=f"data.image_size_max={bad!r} is invalid"):
+        build_datamodule(make_cfg("data.image_size=auto", f"data.image_size_max={bad}"))

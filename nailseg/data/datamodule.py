@@ -136,7 +136,6 @@ def auto_image_size(images: Sequence[Path], largest: int) -> tuple[int, int]:
                 sides.append(math.sqrt(image.width * image.height))
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
-    largest = as_size(largest)[0]
     if not sides:
         return largest, largest
     median = float(np.median(sides))
@@ -290,9 +289,16 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.source = source
         # auto: chosen from the data's sizes in check() (auto_image_size); until then unknown.
         self.size_auto = image_size == "auto"
-        self.image_size_max = int(image_size_max)
+        if isinstance(image_size_max, bool) or not isinstance(image_size_max, int) or (
+            image_size_max < 64 or image_size_max % 32
+        ):
+            raise ConfigError(
+                f"data.image_size_max={image_size_max!r} is invalid: give the largest side"
+                " data.image_size=auto may choose, a multiple of 32 of at least 64 (e.g. 256)."
+            )
+        self.image_size_max = image_size_max
         self.image_size: tuple[int, int] = (
-            as_size(self.image_size_max) if self.size_auto else as_size(image_size)
+            (image_size_max, image_size_max) if self.size_auto else as_size(image_size)
         )
         self.augment = augment or NoAugment()
         self.batch_size, self.num_workers = int(batch_size), worker_count(num_workers)
