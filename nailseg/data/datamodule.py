@@ -289,8 +289,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.source = source
         # auto: chosen from the data's sizes in check() (auto_image_size); until then unknown.
         self.size_auto = image_size == "auto"
-        if isinstance(image_size_max, bool) or not isinstance(image_size_max, int) or (
-            image_size_max < 64 or image_size_max % 32
+        if (
+            isinstance(image_size_max, bool)
+            or not isinstance(image_size_max, int)
+            or (image_size_max < 64 or image_size_max % 32)
         ):
             raise ConfigError(
                 f"data.image_size_max={image_size_max!r} is invalid: give the largest side"
@@ -342,8 +344,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             name = describe(self.source)
             scan = self.source.scan()
             if self.size_auto:
-                pairs = scan.pairs
-                self.image_size = auto_image_size([p.image for p in pairs], self.image_size_max)
+                images = [pair.image for pair in scan.pairs]
+                self.image_size = auto_image_size(images, self.image_size_max)
             if self.cache_auto:
                 self.cache = auto_cache(len(scan.pairs), self.image_size, self.cache_ram_share)
             self.report = check_pairs(
@@ -441,8 +443,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         """The data fingerprint of the split in use, for the run record: the hashes of the
         split CSVs and of the listed files' sizes, the split folder, the pairs per split, missing
         files and the mask rule (:func:`~nailseg.data.fingerprint.data_fingerprint`), and the image
-        size samples are resized to. Valid after
-        ``setup()``."""
+        size samples are resized to. Valid after ``setup()``."""
         if self.splits is None:
             raise RuntimeError("SegmentationDataModule.fingerprint() needs setup('fit') first.")
         # The training size goes with it: with image_size=auto it is only known from the data.
