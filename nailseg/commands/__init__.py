@@ -8,6 +8,7 @@ user error (:class:`~nailseg.errors.NailsegError`) prints one line and gives the
 
 from __future__ import annotations
 
+import argparse
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,3 +59,11 @@ def compose(
         return compose_config(overrides, config_dir, **kwargs)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(compose_error(err, overrides, Path(config_dir))) from None
+
+
+def add_run_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional ``run_dir`` of the commands that use a trained run (eval, predict, export):
+    whatever :func:`nailseg.inference.resolve_run` takes."""
+    parser.add_argument(
+        "run_dir", help="a run dir, a multirun job dir, or a .ckpt in RUN/checkpoints"
+    )

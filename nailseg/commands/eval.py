@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from nailseg.augment.base import NoAugment
 from nailseg.build import build_datamodule
-from nailseg.commands import command, compose
+from nailseg.commands import add_run_argument, command, compose
 from nailseg.data.datamodule import SegmentationDataModule
 from nailseg.data.dataset import SegmentationDataset
 from nailseg.errors import ConfigError
@@ -200,9 +200,7 @@ def main(argv: list[str]) -> int:
         epilog="Other arguments are Hydra overrides composed onto the run's recorded config, to"
         " evaluate on other data: data=folder data.images=DIR data.masks=DIR.",
     )
-    parser.add_argument(
-        "run_dir", help="a run dir, a multirun job dir, or a .ckpt in RUN/checkpoints"
-    )
+    add_run_argument(parser)
     parser.add_argument("--tta", action="store_true", help="average over flips (4 versions)")
     parser.add_argument(
         "--threshold",

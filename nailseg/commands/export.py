@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nailseg.commands import command
+from nailseg.commands import add_run_argument, command
 from nailseg.errors import ConfigError
 from nailseg.inference import LoadedRun, load_run
 
@@ -116,9 +116,7 @@ def main(argv: list[str]) -> int:
         description="Export a run's network to ONNX (dynamic batch/height/width, normalisation"
         " and threshold in the metadata) and check it against PyTorch.",
     )
-    parser.add_argument(
-        "run_dir", help="a run dir, a multirun job dir, or a .ckpt in RUN/checkpoints"
-    )
+    add_run_argument(parser)
     parser.add_argument("--format", choices=("onnx",), default="onnx")
     parser.add_argument("--out", type=Path, default=None, help="file (default: RUN_DIR/model.onnx)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nailseg.commands import command
+from nailseg.commands import add_run_argument, command
 from nailseg.data.io import read_image
 from nailseg.errors import ConfigError, DataError
 from nailseg.inference import LoadedRun, load_run, predict_probs, to_uint8_batch
@@ -118,9 +118,7 @@ def main(argv: list[str]) -> int:
         description="Write a binary mask (0/255 PNG) and an overlay for every input image, at"
         " the image's own size.",
     )
-    parser.add_argument(
-        "run_dir", help="a run dir, a multirun job dir, or a .ckpt in RUN/checkpoints"
-    )
+    add_run_argument(parser)
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     parser.add_argument(
         "--output", type=Path, required=True, help="folder for masks/ and overlays/"
