@@ -8,6 +8,7 @@ One run is interrupted with a real SIGINT after its first checkpoint; copies of 
 
 from __future__ import annotations
 
+import csv
 import json
 import multiprocessing
 import os
@@ -205,6 +206,63 @@ def test_unreadable_last_ckpt_names_it_and_offers_the_newest_readable(
     assert record["status"] == "completed", record["error"]
     assert record["resumes"][-1]["checkpoint"] == offered[2]
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2
+
+
+# A metrics.csv as a Ctrl-C inside Lightning's CSV writer leaves it: the writer had noted the new
+# name val/iou but not yet rewritten the header when the interrupt came, and on shutdown it
+# appended rows under the new, longer list of names.
+DAMAGED_CSV = (
+    "epoch,step,train/loss\r\n"
+    "0,1,0.9\r\n"
+    "0,3,0.8\r\n"
+    "0,3,0.8,0.5\r\n"  # epoch 0's validation row: four values, three names
+    "1,5,0.7,\r\n"  # after the checkpoint (step 4): the resumed run writes it again
+)
+
+
+def test_resume_keeps_a_csv_log_damaged_by_ctrl_c_and_survives_a_second_kill(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from omegaconf import OmegaConf
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.loggers import CSVLogger
+
+    from nailseg.runs.resume import Resume, keep_csv_logs
+
+    log_dir = tmp_path / "csv"
+    log_dir.mkdir()
+    metrics = log_dir / "metrics.csv"
+    metrics.write_text(DAMAGED_CSV, newline="")
+    trainer = Trainer(
+        logger=CSVLogger(tmp_path, name="csv", version=""), enable_checkpointing=False
+    )
+
+    def resume(step: int) -> Resume:
+        empty = OmegaConf.create()
+        return Resume(tmp_path, empty, tmp_path / "last.ckpt", {}, empty, step=step)
+
+    # The first resume (from step 4) is killed before it merges: its rows wait in a backup.
+    killed = keep_csv_logs(trainer, resume(4))  # kept referenced: no exit runs before the end
+    killed.__enter__()
+    assert "more values than its header" in caplog.text
+    (damaged,) = log_dir.glob("metrics.damaged-*.csv")
+    assert damaged.read_bytes() == DAMAGED_CSV.encode()  # the file as it was, kept for the user
+    metrics.write_text("epoch,step,train/loss\r\n1,5,0.7\r\n1,7,0.6\r\n", newline="")
+
+    # The second resume, from step 6, keeps the rows before it from both attempts.
+    with keep_csv_logs(trainer, resume(6)):
+        assert not metrics.exists()
+        metrics.write_text("epoch,step,train/loss,val/iou\r\n1,7,0.6,\r\n1,7,,0.6\r\n")
+    with metrics.open(newline="") as file:
+        rows = [(r["step"], r["train/loss"], r["val/iou"]) for r in csv.DictReader(file)]
+    assert rows == [
+        ("1", "0.9", ""),
+        ("3", "0.8", ""),
+        ("5", "0.7", ""),
+        ("7", "0.6", ""),
+        ("7", "", "0.6"),
+    ]
+    assert not (log_dir / "metrics.before-resume.csv").exists()
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ import csv
 import logging
 import os
 import shlex
+import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,42 +371,81 @@ class RelocatedCheckpoints(pl.Callback):
                 states[key] = self.resume.relocate(state)
 
 
+def read_metrics_csv(path: Path) -> tuple[list[dict[str, str]], int]:
+    """The rows of a CSV logger's ``metrics.csv``, and how many rows could not be read.
+
+    A Ctrl-C inside Lightning's CSV writer, after it noted new metric names but before it
+    rewrote the header, leaves rows with more values than the header: the writer appends them,
+    with the new names, as the run shuts down. Their values cannot be named, so they are counted,
+    not guessed. A row cut short by a kill keeps the fields it has.
+    """
+    with path.open(newline="") as file:
+        reader = csv.reader(file)
+        header = next(reader, [])
+        rows, unreadable = [], 0
+        for values in reader:
+            if len(values) > len(header):
+                unreadable += 1
+            elif values:
+                rows.append(dict(zip(header, values, strict=False)))
+    return rows, unreadable
+
+
+def _write_metrics_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    """``rows`` into ``path`` under the union of their names, replacing it in one step."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=sorted({k for row in rows for k in row}))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
 @contextlib.contextmanager
 def keep_csv_logs(trainer: pl.Trainer, resume: Resume | None) -> Iterator[None]:
     """Keep the rows a CSV logger wrote before the crash (Lightning deletes its metrics.csv).
 
     Rows of steps before the checkpoint's are kept; rows written after it (the epoch that was
-    cut short) are dropped, since the resumed run writes them again.
+    cut short) are dropped, since the resumed run writes them again. Until the resumed run's rows
+    are merged in, the kept rows wait in ``metrics.before-resume.csv``, so a resume that is killed
+    as well loses none of them. A log with rows that cannot be read (:func:`read_metrics_csv`)
+    is copied beside it as ``*.damaged-TIME.csv`` first.
     """
     from pytorch_lightning.loggers import CSVLogger
 
-    kept: list[tuple[Path, list[dict[str, str]]]] = []
+    kept: list[tuple[Path, Path, list[dict[str, str]]]] = []
     if resume is not None:
-        step = resume.step
         for logger in trainer.loggers:
-            path = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
-            if path is None or not path.is_file():
+            if not isinstance(logger, CSVLogger):
                 continue
-            with path.open(newline="") as file:
-                rows = [r for r in csv.DictReader(file) if int(r.get("step") or 0) < step]
-            backup = path.with_name(
-                f"metrics.before-resume-{len(resume.record.get('resumes', []))}.csv"
-            )
-            path.replace(backup)  # kept until the merge, in case this attempt is killed as well
-            kept.append((path, rows))
+            path = Path(logger.log_dir) / "metrics.csv"
+            backup = path.with_name("metrics.before-resume.csv")
+            rows: list[dict[str, str]] = []
+            for source in (backup, path):  # the backup of a resume killed before its merge first
+                if not source.is_file():
+                    continue
+                found, unreadable = read_metrics_csv(source)
+                rows += [r for r in found if int(float(r.get("step") or 0)) < resume.step]
+                if unreadable:
+                    damaged = source.with_name(f"{source.stem}.damaged-{time.time_ns()}.csv")
+                    shutil.copy2(source, damaged)
+                    log.warning(
+                        "%d rows of %s have more values than its header (a Ctrl-C inside"
+                        " Lightning's CSV writer leaves such rows); its other rows are kept, and"
+                        " a copy of the file as it was is kept as %s",
+                        unreadable,
+                        source,
+                        damaged.name,
+                    )
+            if rows:
+                _write_metrics_csv(backup, rows)
+            path.unlink(missing_ok=True)
+            kept.append((path, backup, rows))
     try:
         yield
     finally:
-        for path, old in kept:
-            new = []
-            if path.is_file():
-                with path.open(newline="") as file:
-                    new = list(csv.DictReader(file))
-            rows = old + new
-            fields = sorted({k for row in rows for k in row})
-            with path.open("w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(rows)
-            for backup in path.parent.glob("metrics.before-resume-*.csv"):
-                backup.unlink()
+        for path, backup, old in kept:
+            new = read_metrics_csv(path)[0] if path.is_file() else []
+            if old or new:
+                _write_metrics_csv(path, old + new)
+            backup.unlink(missing_ok=True)
