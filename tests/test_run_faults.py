@@ -265,6 +265,17 @@ def test_resume_keeps_a_csv_log_damaged_by_ctrl_c_and_survives_a_second_kill(
     assert not (log_dir / "metrics.before-resume.csv").exists()
 
 
+def test_curves_and_summaries_skip_the_rows_they_cannot_name(tmp_path: Path) -> None:
+    from nailseg.runs.curves import read_epoch_metrics
+    from nailseg.runs.summary import epoch_metrics
+
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text(DAMAGED_CSV, newline="")
+    # Values of the longer rows are not given names they may not have.
+    assert read_epoch_metrics(tmp_path / "csv" / "metrics.csv")["train/loss"] == {0: 0.8}
+    assert epoch_metrics(tmp_path)["train/loss"] == [0.9, 0.8]
+
+
 @pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"

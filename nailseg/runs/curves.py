@@ -19,25 +19,44 @@ LOSSES = ("train/loss", "val/loss")
 SCORES = ("val/iou", "val/dice")
 
 
+def read_metrics_csv(path: Path) -> tuple[list[dict[str, str]], int]:
+    """The rows of a CSV logger's ``metrics.csv``, and how many rows could not be read.
+
+    A Ctrl-C inside Lightning's CSV writer, after it noted new metric names but before it
+    rewrote the header, leaves rows with more values than the header: the writer appends them,
+    with the new names, as the run shuts down. Their values cannot be named, so they are counted,
+    not guessed. A row cut short by a kill keeps the fields it has.
+    """
+    with path.open(newline="") as file:
+        reader = csv.reader(file)
+        header = next(reader, [])
+        rows, unreadable = [], 0
+        for values in reader:
+            if len(values) > len(header):
+                unreadable += 1
+            elif values:
+                rows.append(dict(zip(header, values, strict=False)))
+    return rows, unreadable
+
+
 def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
     """``{metric: {epoch: value}}`` for the columns of :data:`LOSSES` and :data:`SCORES`.
 
     Empty cells (another row's metric) and non-finite values are left out.
     """
     curves: dict[str, dict[int, float]] = {name: {} for name in (*LOSSES, *SCORES)}
-    with metrics_csv.open(newline="") as file:
-        for row in csv.DictReader(file):
-            epoch = row.get("epoch") or ""
-            if not epoch:
+    for row in read_metrics_csv(metrics_csv)[0]:
+        epoch = row.get("epoch") or ""
+        if not epoch:
+            continue
+        for name, values in curves.items():
+            cell = row.get(name) or ""
+            try:
+                value = float(cell)
+            except ValueError:
                 continue
-            for name, values in curves.items():
-                cell = row.get(name) or ""
-                try:
-                    value = float(cell)
-                except ValueError:
-                    continue
-                if math.isfinite(value):
-                    values[int(float(epoch))] = value
+            if math.isfinite(value):
+                values[int(float(epoch))] = value
     return curves
 
 

@@ -38,6 +38,7 @@ from nailseg.runs.checkpoint import (
     recorded_checkpoints,
     stale_temp_files,
 )
+from nailseg.runs.curves import read_metrics_csv
 from nailseg.runs.record import RUN_JSON, find_run_dir, read_config, read_run
 
 log = logging.getLogger(__name__)
@@ -369,26 +370,6 @@ class RelocatedCheckpoints(pl.Callback):
         for key, state in states.items():
             if str(key).startswith("ModelCheckpoint") and isinstance(state, dict):
                 states[key] = self.resume.relocate(state)
-
-
-def read_metrics_csv(path: Path) -> tuple[list[dict[str, str]], int]:
-    """The rows of a CSV logger's ``metrics.csv``, and how many rows could not be read.
-
-    A Ctrl-C inside Lightning's CSV writer, after it noted new metric names but before it
-    rewrote the header, leaves rows with more values than the header: the writer appends them,
-    with the new names, as the run shuts down. Their values cannot be named, so they are counted,
-    not guessed. A row cut short by a kill keeps the fields it has.
-    """
-    with path.open(newline="") as file:
-        reader = csv.reader(file)
-        header = next(reader, [])
-        rows, unreadable = [], 0
-        for values in reader:
-            if len(values) > len(header):
-                unreadable += 1
-            elif values:
-                rows.append(dict(zip(header, values, strict=False)))
-    return rows, unreadable
 
 
 def _write_metrics_csv(path: Path, rows: list[dict[str, str]]) -> None:

@@ -45,6 +45,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nailseg.errors import ConfigError
+from nailseg.runs.curves import read_metrics_csv
 from nailseg.runs.record import RUN_JSON, is_rank_zero, read_config, read_run
 
 log = logging.getLogger(__name__)
@@ -104,12 +105,11 @@ def epoch_metrics(run_dir: Path) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {k: [] for k in (*METRICS, "train/loss")}
     if not path.is_file():
         return values
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            for key, seen in values.items():
-                number = _number(row.get(key))
-                if number is not None:
-                    seen.append(number)
+    for row in read_metrics_csv(path)[0]:
+        for key, seen in values.items():
+            number = _number(row.get(key))
+            if number is not None:
+                seen.append(number)
     return values
 
 
