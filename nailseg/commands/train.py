@@ -22,7 +22,6 @@ from nailseg.config_check import multirun_ddp_problem
 from nailseg.errors import ConfigError
 from nailseg.runs.sweep import sweep_summary
 from nailseg.runs.writable import run_dir_problem
-from nailseg.train import task
 
 # Hydra's own flags: with any of these (--help, --cfg job, ...) Hydra answers, not a run.
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -31,6 +30,10 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG)
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric so sweepers can use it."""
+    # Imported here, not at the top: Lightning and smp take seconds to import, and `--help`,
+    # `--cfg job` and a refused override answer without them.
+    from nailseg.train import task
+
     return task(cfg)
 
 

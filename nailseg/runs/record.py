@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities import rank_zero_only
 
 from nailseg.config import CONF_DIR, REPO_ROOT
 from nailseg.errors import ConfigError
@@ -54,8 +53,11 @@ def is_rank_zero() -> bool:
     """Whether this process writes records: global rank 0, or not distributed at all.
 
     Lightning sets ``rank_zero_only.rank`` from the ``RANK``/``LOCAL_RANK`` environment it starts
-    DDP children with (at import), and again when its strategy sets up.
+    DDP children with (at import), and again when its strategy sets up. Imported here: Hydra
+    imports the sweeper plugin that uses this module at every start, even for ``--help``.
     """
+    from pytorch_lightning.utilities import rank_zero_only
+
     return getattr(rank_zero_only, "rank", 0) == 0
 
 

@@ -59,7 +59,6 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from nailseg.errors import ConfigError
-from nailseg.runs.pruning import PRUNER_ATTR, open_storage
 from nailseg.runs.record import RUN_JSON, read_run, write_json
 
 log = logging.getLogger(__name__)
@@ -226,7 +225,8 @@ class OptunaSweeper(Sweeper):
     def _open_study(self, spec: str, space: dict[str, Any]) -> Any:
         import optuna
 
-        from nailseg.runs.pruning import build_pruner
+        # Imported here: Hydra imports this plugin at every start, and pruning imports Lightning.
+        from nailseg.runs.pruning import PRUNER_ATTR, build_pruner, open_storage
 
         storage = open_storage(spec)
         study = optuna.create_study(
