@@ -420,6 +420,8 @@ def keep_csv_logs(trainer: pl.Trainer, resume: Resume | None) -> Iterator[None]:
                     )
             if rows:
                 _write_metrics_csv(backup, rows)
+            else:
+                backup.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
             kept.append((path, backup, rows))
     try:
