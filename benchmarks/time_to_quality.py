@@ -52,8 +52,9 @@ def plain_loop(split_dir: Path, budget: float, out: Path, size: int = 224, seed:
             for row in csv.DictReader(f):
                 image = cv2.cvtColor(cv2.imread(row["image"]), cv2.COLOR_BGR2RGB)
                 with Image.open(row["mask"]) as file:  # palette masks: indices, not colours
-                    values = np.asarray(file if file.mode == "P" else file.convert("L"))
-                mask = values > (0 if file.mode == "P" else 127)
+                    palette = file.mode == "P"
+                    values = np.asarray(file if palette else file.convert("L"))
+                mask = values > (0 if palette else 127)
                 images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
                 masks.append(
                     cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)

@@ -99,7 +99,7 @@ class SegmentationModule(pl.LightningModule):
         if self.channels_last is True or (self.channels_last == "auto" and on_cpu):
             # In place (the same Parameter objects); the move to the device keeps the layout.
             self.net.to(memory_format=torch.channels_last)
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        datamodule = getattr(trainer, "datamodule", None)
         void = getattr(datamodule, "void_value", None)
         if void is not None and void != self.ignore_index:
             raise ConfigError(
