@@ -2,8 +2,12 @@
 
 Rows (all on the same images, the same policy, one process unless stated):
 
-- ``kornia_gpu engine``: our device transform (``batch_transform``: uint8 in, augmented and
-  normalised float out), eager; with ``--compile`` also through ``torch.compile``;
+- ``fused engine``: ``aug=kornia_gpu``'s default on CUDA (``aug.engine=fused``: the Triton
+  kernels of :mod:`nailseg.augment.fused`, uint8 in, augmented and normalised float out); only
+  where it can run (CUDA, or ``TRITON_INTERPRET=1`` for a slow functional check on a CPU), with
+  the launches it makes per batch, counted by the dispatcher;
+- ``reference engine``: the same transform as torch/Kornia ops (``aug.engine=reference``, the
+  default on a CPU);
 - ``stock Kornia``: ``kornia.augmentation.AugmentationSequential`` with Kornia's own ops for the
   same policy (flips, ``RandomAffine``, ``RandomGaussianNoise``, ``RandomGaussianBlur``, and for
   the colour one-of ``ColorJiggle`` (HSV), ``RandomClahe`` and ``ColorJiggle`` (brightness and
@@ -19,7 +23,7 @@ On CUDA the timed loops synchronise only at their ends; the breakdown synchronis
 Usage:
     .venv/bin/python benchmarks/augment_throughput.py                       # CPU case: 256 px, 16
     .venv/bin/python benchmarks/augment_throughput.py --device cuda --size 384 --batch 32 \\
-        --compile --cpu-procs 16                                             # the GPU case
+        --cpu-procs 16                                                       # the GPU case
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ import cv2
 import kornia.augmentation as K
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nailseg.augment.albu import AlbumentationsAugment, build_albumentations
 from nailseg.augment.base import NoAugment
-from nailseg.augment.kornia_gpu import KorniaAugment
+from nailseg.augment.kornia_gpu import KorniaAugment, fused_interpreted, fused_unavailable
 from nailseg.augment.params import COLOUR_OPS, sample_params
 from nailseg.augment.policy import AugPolicy
 from nailseg.config import compose_config
@@ -93,6 +98,28 @@ def stock_kornia(policy: AugPolicy) -> K.AugmentationSequential:
             bc = colour.brightness_contrast
             ops.append(K.ColorJiggle(bc.brightness, bc.contrast, 0, 0, p=p))
     return K.AugmentationSequential(*ops, data_keys=["input", "mask"])
+
+
+class _Launches(TorchDispatchMode):
+    """The ops one call dispatches, less allocations and views (no kernel runs for those)."""
+
+    FREE = ("empty", "empty_strided", "empty_like", "view", "as_strided", "alias", "detach")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.name().split("::")[1].split(".")[0] not in self.FREE:
+            self.ops.append(func.name().split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def count_launches(step: Callable[[], object]) -> list[str]:
+    """The device ops of one ``step`` (a custom op of the fused engine counts as its kernel)."""
+    with _Launches() as mode:
+        step()
+    return mode.ops
 
 
 def sync(device: torch.device) -> None:
@@ -208,7 +235,6 @@ def main() -> None:
     parser.add_argument("--policy", default="tutorial", help="conf/aug/policy/NAME.yaml")
     parser.add_argument("--seconds", type=float, default=4.0, help="per timed row")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU device)")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--cpu-procs", type=int, default=0, help="albu over N processes too")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
@@ -224,7 +250,9 @@ def main() -> None:
     mask = torch.from_numpy(np.stack(masks))[:, None].to(device)
     seeds = torch.arange(args.batch, device=device) + 1000
 
-    engine = KorniaAugment(policy)
+    engine = KorniaAugment(policy, engine="reference")
+    fused_runs = fused_unavailable() is None and (device.type == "cuda" or fused_interpreted())
+    fused = KorniaAugment(policy, engine="fused") if fused_runs else None
     floor = NoAugment(policy)
     stock = stock_kornia(policy).to(device)
 
@@ -233,17 +261,18 @@ def main() -> None:
         floor.normalize_float(x)
 
     rows: dict[str, float] = {}
-    rows["kornia_gpu engine"] = rate(
-        lambda: engine.batch_transform(image, mask, seeds, True), args.batch, device, args.seconds
-    )
-    if args.compile:
-        compiled = KorniaAugment(policy, compile=True)
-        rows["kornia_gpu engine, compiled"] = rate(
-            lambda: compiled.batch_transform(image, mask, seeds, True),
+    launches = None
+    if fused is not None:
+        rows["fused engine"] = rate(
+            lambda: fused.batch_transform(image, mask, seeds, True),
             args.batch,
             device,
             args.seconds,
         )
+        launches = count_launches(lambda: fused.batch_transform(image, mask, seeds, True))
+    rows["reference engine"] = rate(
+        lambda: engine.batch_transform(image, mask, seeds, True), args.batch, device, args.seconds
+    )
     rows["stock Kornia AugmentationSequential"] = rate(stock_step, args.batch, device, args.seconds)
     rows["convert + normalise (floor)"] = rate(
         lambda: floor.batch_transform(image, mask, seeds, True), args.batch, device, args.seconds
@@ -268,25 +297,40 @@ def main() -> None:
     print(f"{'path':<48} {'images/s':>12}")
     for row, value in rows.items():
         print(f"{row:<48} {value:>12,.0f}")
-    engine_rate = rows["kornia_gpu engine"]
+    engine_rate = rows["reference engine"]
     stock_rate = rows["stock Kornia AugmentationSequential"]
     ratios = {
-        "engine / stock Kornia": engine_rate / stock_rate,
-        "engine / floor (convert + normalise)": engine_rate / rows["convert + normalise (floor)"],
+        "reference / stock Kornia": engine_rate / stock_rate,
+        "reference / floor (convert + normalise)": engine_rate
+        / rows["convert + normalise (floor)"],
         "albu_cpu / bare Albumentations": rows["albu_cpu transform"]
         / rows["albumentations (bare)"],
-        "engine / albu_cpu (one core)": engine_rate / rows["albu_cpu transform"],
+        "reference / albu_cpu (one core)": engine_rate / rows["albu_cpu transform"],
     }
-    if args.compile:
-        ratios["compiled engine / stock Kornia"] = rows["kornia_gpu engine, compiled"] / stock_rate
+    if fused is not None:
+        fused_rate = rows["fused engine"]
+        ratios["fused / reference"] = fused_rate / engine_rate
+        ratios["fused / stock Kornia"] = fused_rate / stock_rate
+        ratios["fused / floor (convert + normalise)"] = (
+            fused_rate / rows["convert + normalise (floor)"]
+        )
+        if args.cpu_procs:
+            procs = rows[f"albu_cpu transform, {args.cpu_procs} processes"]
+            ratios[f"fused / albu_cpu ({args.cpu_procs} processes)"] = fused_rate / procs
     print("\nratios")
     for name, value in ratios.items():
         print(f"  {name:<40} {value:8.3f}")
+    if fused is None:
+        print(f"\nfused engine: not run on {device.type} ({fused_unavailable() or 'needs CUDA'})")
+    else:
+        print(f"\nfused engine: {len(launches)} launches per batch: {', '.join(launches)}")
 
     times = stage_times(engine, image, mask, seeds, reps=10)
     total = sum(t[0] for t in times.values())
     mode = engine._mode(device)
-    print(f"\nengine per-op breakdown, ms per batch of {args.batch}, each part timed alone")
+    print(
+        f"\nreference engine per-op breakdown, ms per batch of {args.batch}, each part timed alone"
+    )
     print(f"  {'part':<24} {'as run (' + mode + ')':>16} {'share':>7} {'whole batch':>12}")
     for part, (ms, whole) in times.items():
         print(f"  {part:<24} {ms:16.2f} {100 * ms / total:6.1f}% {whole:12.2f}")

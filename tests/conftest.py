@@ -9,11 +9,19 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import pytest
-import pytorch_lightning as pl
-from omegaconf import DictConfig
+import torch
 
-from nailseg.config import REPO_ROOT, compose_config
+# Without a GPU the fused engine's Triton kernels run in Triton's interpreter, on CPU tensors
+# (float32 only). Triton reads this when a kernel is defined, its own library's included, so it
+# is set before anything imports triton (Lightning may). With a GPU they compile for CUDA.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from nailseg.config import REPO_ROOT, compose_config  # noqa: E402
 
 # huggingface_hub reads this at import: fail fast instead of retrying a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,7 +1,9 @@
-"""The fused ``kornia_gpu`` engine: per-sample parameters, sync-free selection, output format.
+"""The ``kornia_gpu`` reference engine: per-sample parameters, sync-free selection, output format.
 
 Statistical parity with Albumentations is in ``test_augment_parity.py`` and image/mask alignment
-in ``test_augment_alignment.py``; both run against this engine.
+in ``test_augment_alignment.py``; both run against this engine (on a CPU; ``aug.engine=auto``
+runs the fused kernels on CUDA). The fused Triton engine is held to this one sample by sample in
+``test_fused_engine.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from nailseg.augment.counter_rng import normal_field, uniform
-from nailseg.augment.kornia_gpu import KorniaAugment
+from nailseg.augment.kornia_gpu import KorniaAugment, gaussian_blur
 from nailseg.augment.params import sample_params
 from nailseg.augment.policy import AugPolicy
 from nailseg.config import compose_config
@@ -151,6 +153,32 @@ def test_a_cuda_train_step_has_no_host_sync(make_cfg) -> None:
     torch.cuda.set_sync_debug_mode("error")
     try:
         step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+def test_the_sync_free_blur_is_kornias_blur() -> None:
+    """The reference's CUDA blur path (no host read of sigma) computes ``gaussian_blur2d``."""
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(4, 3, 37, 51, generator=generator)
+    sigma = torch.tensor([0.3, 0.7, 1.2, 2.0])
+    for size in (3, 5, 7):
+        checked = gaussian_blur(image, size, sigma, host_check=True)
+        free = gaussian_blur(image, size, sigma, host_check=False)
+        torch.testing.assert_close(free, checked, atol=1e-6, rtol=0)
+        assert not torch.equal(checked, image)
+
+
+@requires_cuda
+def test_the_reference_engine_on_cuda_reads_nothing_back() -> None:
+    engine = KorniaAugment(HEAVY, engine="reference")
+    image, mask, seeds = (t.cuda() for t in _batch(8, 64))
+    engine.batch_transform(image, mask, seeds, True)  # constants copied once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.batch_transform(image, mask, seeds, True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()

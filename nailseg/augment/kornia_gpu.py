@@ -1,36 +1,48 @@
-"""``aug=kornia_gpu``: the policy as one fused, sync-free engine on the model's device.
+"""``aug=kornia_gpu``: the policy as one batched, sync-free engine on the model's device.
 
 Workers only decode and resize and return ``uint8``; the batch is converted, augmented and
 normalised after it reaches the device (``on_after_batch_transfer``), or is gathered there from
-``data.cache=device``. The engine is built on Kornia's functional layer (``kornia.filters``,
-``kornia.color``, ``kornia.enhance``), not on its augmentation wrappers; geometry is torch's
-``grid_sample`` on one grid shared by image and mask (see :func:`sampling_grid` for why not
-``kornia.geometry.warp_affine``):
+``data.cache=device``. Two engines compute the same transform (``aug.engine``):
+
+- ``fused`` (the default on CUDA, ``auto``): a handful of Triton kernels per batch
+  (:mod:`nailseg.augment.fused`): parameters, geometry with noise, blur with the CLAHE
+  histograms, the CLAHE LUTs, colour with normalisation. Needs CUDA (or Triton's interpreter,
+  ``TRITON_INTERPRET=1``, which the tests use on a CPU).
+- ``reference`` (the default elsewhere): this module, built on Kornia's functional layer
+  (``kornia.filters``, ``kornia.color``, ``kornia.enhance``), not on its augmentation wrappers;
+  geometry is torch's ``grid_sample`` on one grid shared by image and mask (see
+  :func:`sampling_grid` for why not ``kornia.geometry.warp_affine``). It defines what the
+  policy means; the fused kernels are tested against it sample by sample.
+
+In both:
 
 - parameters: every random parameter of sample ``i`` is drawn on the device from that sample's
-  seed alone (:mod:`nailseg.augment.params`), so a sample augments the same way in any batch and
-  on any device, and ``nailseg preview`` shows exactly what training sees;
+  seed alone (:mod:`nailseg.augment.params`, the same counter hash in both engines), so a sample
+  augments the same way in any batch, on any device and in either engine, and ``nailseg preview``
+  shows exactly what training sees;
 - geometry: flips, rotation, scale and shift are one 2x3 matrix per sample; the image is resampled
-  once (bilinear, or nearest) and the mask once (nearest) with the same matrix, zeros outside;
-- intensity: noise, blur, HSV, CLAHE and brightness/contrast run batched with per-sample
-  parameters; whether an op applies to a sample is a ``torch.where`` on CUDA (no host sync: the
-  CPU can queue the model's kernels ahead of the GPU). On a CPU there is no device to wait for,
-  so there the op runs only on the samples it applies to (the same values, less work);
+  once (bilinear, or nearest) and the mask once (nearest) at the same points, zeros outside;
+- intensity: noise, blur, HSV, CLAHE and brightness/contrast with per-sample parameters; whether
+  an op applies to a sample is decided on the device. In the reference, a ``torch.where`` on
+  CUDA (no host sync: the CPU can queue the model's kernels ahead of the GPU); on a CPU there is
+  no device to wait for, so there the op runs only on the samples it applies to (the same
+  values, less work). In the fused kernels, a branch on the sample's row of the parameter table;
 - output: normalised, in the dtype the model computes in (``bf16``/``fp16`` under mixed
-  precision), optionally ``channels_last``; ``compile=true`` wraps the whole transform in
-  ``torch.compile`` (always the ``torch.where`` form there: static shapes).
+  precision), optionally ``channels_last``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from kornia.color import hsv_to_rgb, lab_to_rgb, rgb_to_hsv, rgb_to_lab
-from kornia.filters import gaussian_blur2d
+from kornia.filters import filter2d_separable, gaussian_blur2d, get_gaussian_kernel1d
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -46,6 +58,7 @@ except ImportError:  # pragma: no cover - pyproject requires kornia >= 0.9
     _equalize_clahe = None
 
 SELECT_MODES = ("auto", "where", "subset")
+ENGINES = ("auto", "reference", "fused")
 Op = Callable[[Tensor, AugParams], Tensor]
 
 
@@ -71,6 +84,20 @@ def _selected(
         return tensors
     new = op(tuple(t[index] for t in tensors), params.select(index))
     return tuple(old.index_copy(0, index, n) for old, n in zip(tensors, new, strict=True))
+
+
+def fused_interpreted() -> bool:
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``: CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def fused_unavailable() -> str | None:
+    """Why the fused engine cannot run on this machine, or ``None`` when it can."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (torch's Linux CUDA builds bring it)"
+    if not torch.cuda.is_available() and not fused_interpreted():
+        return "it needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False)"
+    return None
 
 
 def _on_image(op: Op) -> Callable:
@@ -109,6 +136,20 @@ def _noise(image: Tensor, params: AugParams) -> Tensor:
     return (image + field * params.noise_std.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 
+def gaussian_blur(image: Tensor, kernel_size: int, sigma: Tensor, host_check: bool | None = None):
+    """Kornia's Gaussian blur (reflect border) with one sigma per image (``(B,)``).
+
+    ``gaussian_blur2d`` reads a tensor sigma on the host to check it is positive: free on a CPU
+    (where it also has a faster path), a sync on CUDA. Elsewhere the same 1-D kernels
+    (``get_gaussian_kernel1d``) go through Kornia's ``filter2d_separable``, which reads nothing
+    back; the policy's schema already keeps sigma positive. ``host_check`` forces a path (tests).
+    """
+    if image.device.type == "cpu" if host_check is None else host_check:
+        return gaussian_blur2d(image, kernel_size, sigma[:, None].expand(-1, 2))
+    kernel = get_gaussian_kernel1d(kernel_size, sigma[:, None])
+    return filter2d_separable(image, kernel, kernel, "reflect")
+
+
 def _hsv(image: Tensor, params: AugParams) -> Tensor:
     h, s, v = rgb_to_hsv(image).unbind(1)
     hue, saturation, value = (params.hsv_shift[:, k].view(-1, 1, 1) for k in range(3))
@@ -130,9 +171,14 @@ class KorniaAugment(AugmentBackend):
     Args:
         policy: the augmentation policy (a config mapping or an :class:`AugPolicy`).
         channels_last: return images in ``torch.channels_last`` memory format.
-        compile: run the whole training transform through ``torch.compile``.
-        select: ``auto`` (``where`` on CUDA, ``subset`` elsewhere), ``where`` or ``subset``:
-            how an op is kept to the samples it applies to (both give the same values).
+        engine: ``auto`` (the fused kernels for CUDA batches, the reference elsewhere),
+            ``fused`` (CUDA only: an error on a machine without it) or ``reference``.
+        select: the reference engine's ``auto`` (``where`` on CUDA, ``subset`` elsewhere),
+            ``where`` or ``subset``: how an op is kept to the samples it applies to (both give
+            the same values).
+        compile: removed (``torch.compile`` of the reference crashed in Inductor on CUDA, and
+            the fused engine is already a few kernels); accepted as ``false`` so the records of
+            older runs still resume, refused as ``true``.
         normalization: the encoder's ``{"mean": ..., "std": ...}``, used where the policy leaves
             them null; ``None``: ImageNet's (see :class:`~nailseg.augment.base.AugmentBackend`).
     """
@@ -141,9 +187,10 @@ class KorniaAugment(AugmentBackend):
         self,
         policy: Mapping[str, Any] | AugPolicy | None = None,
         channels_last: bool = False,
-        compile: bool = False,
+        engine: str = "auto",
         select: str = "auto",
         normalization: Mapping[str, Any] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(policy, channels_last=channels_last, normalization=normalization)
         if select not in SELECT_MODES:
@@ -151,8 +198,26 @@ class KorniaAugment(AugmentBackend):
                 f"aug.select={select!r} is invalid: expected one of {list(SELECT_MODES)}."
                 " Fix it in conf/aug/kornia_gpu.yaml or override aug.select=auto."
             )
-        self.select, self.compile = select, bool(compile)
-        self._compiled: Callable | None = None
+        if engine not in ENGINES:
+            raise ConfigError(
+                f"aug.engine={engine!r} is invalid: expected one of {list(ENGINES)}."
+                " Fix it in conf/aug/kornia_gpu.yaml or override aug.engine=auto."
+            )
+        if compile:
+            raise ConfigError(
+                "aug.compile=true was removed: torch.compile of the reference engine crashed in"
+                " Inductor on CUDA, and on CUDA the fused engine (aug.engine=auto) is already a"
+                " few kernels a batch. Drop aug.compile from the command or config."
+            )
+        if engine == "fused":
+            reason = fused_unavailable()
+            if reason:
+                raise ConfigError(
+                    f"aug.engine=fused cannot run here: {reason}. Use aug.engine=auto (fused on"
+                    " CUDA, the reference elsewhere) or aug.engine=reference."
+                )
+        self.select, self.engine = select, engine
+        self._fused: Callable | None = None
         self._warned_device = False
         self.stages = self._build_stages(self.policy)
 
@@ -170,7 +235,7 @@ class KorniaAugment(AugmentBackend):
             size = policy.blur.kernel_size
 
             def blur(image: Tensor, params: AugParams) -> Tensor:
-                return gaussian_blur2d(image, size, params.blur_sigma[:, None].expand(-1, 2))
+                return gaussian_blur(image, size, params.blur_sigma)
 
             stages.append(("blur", self._intensity(blur, "blur_on")))
         colour = policy.colour
@@ -229,6 +294,32 @@ class KorniaAugment(AugmentBackend):
 
         return _selected((image, mask), params.geometric, params, warp, mode)
 
+    def uses_fused(self, device: torch.device) -> bool:
+        """Whether training batches on ``device`` go through the fused kernels."""
+        if self.engine == "reference":
+            return False
+        if self.engine == "fused":
+            if device.type != "cuda" and not fused_interpreted():
+                raise ConfigError(
+                    f"aug.engine=fused runs on CUDA tensors, but this batch is on {device.type}"
+                    " (trainer.accelerator?). Use aug.engine=auto or aug.engine=reference."
+                )
+            return True
+        return device.type == "cuda" and not fused_unavailable()
+
+    def fused_transform(self) -> Callable:
+        """The fused engine of this policy (:class:`nailseg.augment.fused.ops.FusedTransform`)."""
+        if self._fused is None:
+            from nailseg.augment.fused.ops import FusedTransform
+
+            self._fused = FusedTransform(
+                self.policy,
+                self.normalization["mean"],
+                self.normalization["std"],
+                channels_last=self.channels_last,
+            )
+        return self._fused
+
     def _mode(self, device: torch.device) -> str:
         if self.select != "auto":
             return self.select
@@ -261,6 +352,8 @@ class KorniaAugment(AugmentBackend):
         if not train:
             return self.normalize_uint8(image, dtype), mask.float()
         device = image.device
+        if self.uses_fused(device):
+            return self.fused_transform()(image, mask, seeds, dtype)
         if device.type != "cuda" and not self._warned_device:
             warnings.warn(
                 f"aug=kornia_gpu is augmenting on {device.type}, not a GPU: it works, but the"
@@ -268,8 +361,4 @@ class KorniaAugment(AugmentBackend):
                 stacklevel=2,
             )
             self._warned_device = True
-        if self.compile:
-            if self._compiled is None:
-                self._compiled = torch.compile(self._train_transform, dynamic=False)
-            return self._compiled(image, mask, seeds, dtype, "where")
         return self._train_transform(image, mask, seeds, dtype, self._mode(device))

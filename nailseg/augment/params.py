@@ -45,6 +45,30 @@ NOISE_STREAM = 1  # counter_rng stream of the per-pixel noise; uniforms use stre
 # ``colour_op`` codes: -1 for none, else the index of the op in ``Colour.ops()`` order.
 COLOUR_OPS = ("hsv", "clahe", "brightness_contrast")
 
+# The columns of :meth:`AugParams.table`: the drawn values of one sample, one row per sample, as
+# the fused engine's parameter kernel writes them (``nailseg.augment.fused``); flags are 0/1.
+TABLE_COLUMNS = (
+    "hflip",
+    "vflip",
+    "affine",
+    "angle",
+    "scale",
+    "shift_x",
+    "shift_y",
+    "geometric",
+    "noise",
+    "noise_std",
+    "blur",
+    "blur_sigma",
+    "colour_op",
+    "hue",
+    "saturation",
+    "value",
+    "clip_limit",
+    "contrast",
+    "brightness",
+)
+
 
 @dataclass
 class AugParams:
@@ -52,10 +76,17 @@ class AugParams:
 
     ``matrix`` maps source pixel coordinates to output pixel coordinates (pixel centres at
     integers, ``align_corners=True``); ``geometric`` says which samples it changes. A switched-off
-    op has ``on`` all false.
+    op has ``on`` all false. ``matrix`` is made of the drawn flips, ``angle`` (degrees), ``scale``
+    and ``shift`` (pixels), kept as drawn.
     """
 
     seeds: Tensor  # (B,) the sample seeds (per-pixel noise is keyed by them)
+    hflip: Tensor  # (B,) bool
+    vflip: Tensor  # (B,) bool
+    affine_on: Tensor  # (B,) bool
+    angle: Tensor  # (B,) degrees, 0 where the affine part is off
+    scale: Tensor  # (B,) 1 where off
+    shift: Tensor  # (B, 2) x and y, pixels, 0 where off
     matrix: Tensor  # (B, 2, 3)
     geometric: Tensor  # (B,) bool
     noise_on: Tensor  # (B,) bool
@@ -71,6 +102,31 @@ class AugParams:
     def select(self, index: Tensor) -> AugParams:
         """The parameters of the samples at ``index``."""
         return AugParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def table(self) -> Tensor:
+        """``(B, len(TABLE_COLUMNS))`` float32: the drawn values in the fused engine's layout."""
+        columns = {
+            "hflip": self.hflip,
+            "vflip": self.vflip,
+            "affine": self.affine_on,
+            "angle": self.angle,
+            "scale": self.scale,
+            "shift_x": self.shift[:, 0],
+            "shift_y": self.shift[:, 1],
+            "geometric": self.geometric,
+            "noise": self.noise_on,
+            "noise_std": self.noise_std,
+            "blur": self.blur_on,
+            "blur_sigma": self.blur_sigma,
+            "colour_op": self.colour_op,
+            "hue": self.hsv_shift[:, 0],
+            "saturation": self.hsv_shift[:, 1],
+            "value": self.hsv_shift[:, 2],
+            "clip_limit": self.clip_limit,
+            "contrast": self.contrast,
+            "brightness": self.brightness,
+        }
+        return torch.stack([columns[name].to(torch.float32) for name in TABLE_COLUMNS], 1)
 
 
 def _between(u: Tensor, low: float, high: float) -> Tensor:
@@ -156,6 +212,12 @@ def sample_params(policy: AugPolicy, seeds: Tensor, size: tuple[int, int]) -> Au
             brightness = _between(u["brightness"], -bc.brightness, bc.brightness)
     return AugParams(
         seeds=seeds,
+        hflip=hflip,
+        vflip=vflip,
+        affine_on=on,
+        angle=angle,
+        scale=scale,
+        shift=torch.stack([tx, ty], 1),
         matrix=matrix,
         geometric=hflip | vflip | on,
         noise_on=noise_on,

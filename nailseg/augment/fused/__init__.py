@@ -1,0 +1,1 @@
+"""Fused Triton kernels of the kornia_gpu engine (see ops.py)."""
