@@ -318,22 +318,21 @@ def blur_kernel(
         if tl.load(row + C_BLUR) > 0:
             sigma = tl.load(row + C_SIGMA)
             denominator = 2.0 * (sigma * sigma)
-            radius: tl.constexpr = KSIZE // 2
             total = 0.0
             for i in tl.static_range(KSIZE):
-                total += tl.exp(-((i - radius) * (i - radius)) / denominator)
+                total += tl.exp(-((i - KSIZE // 2) * (i - KSIZE // 2)) / denominator)
             red = tl.zeros((BLOCK,), tl.float32)
             green = tl.zeros((BLOCK,), tl.float32)
             blue = tl.zeros((BLOCK,), tl.float32)
             for j in tl.static_range(KSIZE):
-                weight_y = tl.exp(-((j - radius) * (j - radius)) / denominator) / total
-                yy = _reflect(y + (j - radius), height)
+                weight_y = tl.exp(-((j - KSIZE // 2) * (j - KSIZE // 2)) / denominator) / total
+                yy = _reflect(y + (j - KSIZE // 2), height)
                 line_r = tl.zeros((BLOCK,), tl.float32)
                 line_g = tl.zeros((BLOCK,), tl.float32)
                 line_b = tl.zeros((BLOCK,), tl.float32)
                 for i in tl.static_range(KSIZE):
-                    weight_x = tl.exp(-((i - radius) * (i - radius)) / denominator) / total
-                    at = source + yy * width + _reflect(x + (i - radius), width)
+                    weight_x = tl.exp(-((i - KSIZE // 2) * (i - KSIZE // 2)) / denominator) / total
+                    at = source + yy * width + _reflect(x + (i - KSIZE // 2), width)
                     line_r += weight_x * tl.load(at, mask=live, other=0.0)
                     line_g += weight_x * tl.load(at + plane, mask=live, other=0.0)
                     line_b += weight_x * tl.load(at + 2 * plane, mask=live, other=0.0)
