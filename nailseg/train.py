@@ -18,6 +18,7 @@ from nailseg.build import build_augment, build_datamodule, build_module, build_t
 from nailseg.config_check import check_config
 from nailseg.errors import NailsegError, RunInterrupted, report
 from nailseg.model.budget import TimeBudget
+from nailseg.runs import lock as run_lock
 from nailseg.runs.session import RunSession
 from nailseg.runs.sweep import JobFailed, current_job
 
@@ -91,7 +92,15 @@ def task(cfg: DictConfig, **record_extra: Any) -> float | None:
     on and :func:`~nailseg.runs.sweep.sweep_summary` reports it at the end. Ctrl-C stops the
     whole sweep. Returns the configured ``optimized_metric`` (``val/iou`` by default), the
     value sweepers optimise.
+
+    The run dir's lock (:mod:`nailseg.runs.lock`) is kept until the job's last word is logged;
+    each job of a sweep locks its own dir.
     """
+    with run_lock.holding():
+        return _task(cfg, **record_extra)
+
+
+def _task(cfg: DictConfig, **record_extra: Any) -> float | None:
     job = current_job()
     metric = str(cfg.get("optimized_metric") or "val/iou")
     try:

@@ -3,23 +3,29 @@
 
 Before Hydra starts, the overrides are composed once here, so a misspelt key or option
 (``trainer.max_epoch=2``, ``aug=kornia_gpuu``) stops with one line and a "did you mean" instead
-of Hydra's multi-line error; a run dir that cannot be written is refused the same way. After a
-multirun, each job's outcome is printed (:func:`nailseg.runs.sweep.sweep_summary`).
+of Hydra's multi-line error; a run dir that cannot be written is refused the same way, and so is
+one that another process is writing (:mod:`nailseg.runs.lock`): the dirs this command will
+write that can be known before Hydra starts are locked here, before Hydra writes its ``.hydra/``
+into them. After a multirun, each job's outcome is printed
+(:func:`nailseg.runs.sweep.sweep_summary`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nailseg.commands import command, compose
 from nailseg.config import CONF_DIR, PRIMARY_CONFIG, REPO_ROOT
 from nailseg.config_check import multirun_ddp_problem
 from nailseg.errors import ConfigError
+from nailseg.runs import lock as run_lock
 from nailseg.runs.sweep import sweep_summary
 from nailseg.runs.writable import run_dir_problem
 
@@ -63,8 +69,11 @@ def first_job_overrides(argv: list[str]) -> list[str] | None:
     return first
 
 
-def preflight(argv: list[str]) -> None:
+def preflight(argv: list[str]) -> DictConfig | None:
     """Refuse, in one line, overrides that do not compose and a run dir that cannot be written.
+
+    Returns the config of the first job (with Hydra's), or ``None`` when Hydra handles ``argv``
+    itself.
 
     Raises:
         ConfigError: naming the override and the fix.
@@ -75,19 +84,79 @@ def preflight(argv: list[str]) -> None:
     try:
         overrides = first_job_overrides(argv)
     except Exception:  # noqa: BLE001 - Hydra's parser: let hydra.main report its own syntax error
+        return None
+    if overrides is None:
+        return None
+    cfg = compose(overrides, return_hydra_config=True)
+    # DDP that re-runs the command line inside a sweep: refused before Hydra starts one.
+    multirun = True if any(a in MULTIRUN_FLAGS for a in argv) else None
+    problem = multirun_ddp_problem(cfg, multirun=multirun)
+    if problem:
+        raise ConfigError(problem)
+    return cfg
+
+
+def _fixed_dir(cfg: DictConfig, key: str) -> Path | None:
+    """The folder ``key`` names, when it is the same whenever it is composed: not a dir of its
+    own per start (``${now:...}``), nor Hydra's runtime dir (``${hydra:...}``)."""
+    node, _, leaf = key.rpartition(".")
+    raw = OmegaConf.to_container(OmegaConf.select(cfg, node), resolve=False).get(leaf)
+    if not isinstance(raw, str) or "${now:" in raw or "${hydra:" in raw:
+        return None
+    try:
+        return Path(str(OmegaConf.select(cfg, key))).expanduser()
+    except Exception:  # noqa: BLE001 - an interpolation that does not resolve: Hydra will say
+        return None
+
+
+@contextlib.contextmanager
+def run_dirs_locked(cfg: DictConfig | None, multirun: bool) -> Iterator[None]:
+    """Hold, around Hydra's main, the locks of the dirs this command will write that are known
+    now: a resumed run's dir, a fixed ``hydra.run.dir`` or ``paths.output_dir`` (one that may
+    already hold a run), a fixed ``hydra.sweep.dir``. A dir named by ``${now:...}`` is new (the
+    run locks it itself, in :class:`~nailseg.runs.session.RunSession`).
+
+    Raises:
+        RunDirBusy: one of them is in use; nothing has been written.
+    """
+    if cfg is None or not run_lock.lead_process():  # a DDP child runs in rank 0's dir and lock
+        yield
         return
-    if overrides is not None:
-        cfg = compose(overrides, return_hydra_config=True)
-        # DDP that re-runs the command line inside a sweep: refused before Hydra starts one.
-        multirun = True if any(a in MULTIRUN_FLAGS for a in argv) else None
-        problem = multirun_ddp_problem(cfg, multirun=multirun)
-        if problem:
-            raise ConfigError(problem)
+    with contextlib.ExitStack() as stack:
+        if multirun:
+            sweep = _fixed_dir(cfg, "hydra.sweep.dir")
+            if sweep is not None:
+                # A job still running in it (a job resumed alone) would be written over, or
+                # marked failed by a resumed search.
+                for job_lock in sorted(sweep.glob(f"*/{run_lock.LOCK_FILE}")):
+                    run_lock.check_free(job_lock.parent)
+                with contextlib.suppress(OSError):  # Hydra's sweeper makes it, or says why
+                    sweep.mkdir(parents=True, exist_ok=True)
+                if sweep.is_dir():
+                    stack.enter_context(run_lock.locked(sweep, "Sweep dir"))
+        else:
+            # The run to continue first: a refused resume leaves even its own log dir unmade.
+            resumed = run_lock.resume_target(cfg.get("resume"))
+            if resumed is not None:
+                stack.enter_context(run_lock.locked(resumed))
+            output_dir = _fixed_dir(cfg, "paths.output_dir")
+            if output_dir is not None and output_dir.is_dir():
+                stack.enter_context(run_lock.locked(output_dir))
+            hydra_dir = _fixed_dir(cfg, "hydra.run.dir")
+            if hydra_dir is not None:
+                with contextlib.suppress(OSError):  # Hydra makes it a moment later, or says why
+                    hydra_dir.mkdir(parents=True, exist_ok=True)
+                if hydra_dir.is_dir():
+                    stack.enter_context(run_lock.locked(hydra_dir))
+        try:
+            yield
+        finally:
+            run_lock.flush_notes()  # takeovers no run logged (a sweep dir's)
 
 
 @command
 def main(argv: list[str]) -> int:
-    preflight(argv)
+    cfg = preflight(argv)
     saved = sys.argv
     # A script Python can run again: Lightning's DDP (trainer=ddp) starts the other ranks with
     # `python sys.argv[0] sys.argv[1:]`, so `nailseg train` runs as the repository's train.py.
@@ -96,7 +165,7 @@ def main(argv: list[str]) -> int:
         script = "nailseg train"
     sys.argv = [script, *argv]
     try:
-        with sweep_summary():
+        with run_dirs_locked(cfg, any(a in MULTIRUN_FLAGS for a in argv)), sweep_summary():
             hydra_main()
     finally:
         sys.argv = saved

@@ -4,6 +4,8 @@
 record lives here: opening a new one or reopening an interrupted run's (``resume=RUN_DIR``, with
 that run's config), the log file and the CSV logs kept on resume, the same-data check, and how
 the run ends (``completed``, ``failed``, ``interrupted`` with the command that continues it).
+A session holds its run dir's lock (:mod:`nailseg.runs.lock`) from before anything in the dir is
+read to be continued or written until its final record is written: one writer per run dir.
 
 Examples:
     The shape of a run (``train.run`` is the real one)::
@@ -31,6 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nailseg.errors import RunInterrupted
+from nailseg.runs import lock as run_lock
 from nailseg.runs.curves import write_curves
 from nailseg.runs.record import RunRecord, is_rank_zero, read_run, write_config
 from nailseg.runs.resume import (
@@ -43,7 +46,7 @@ from nailseg.runs.resume import (
     resume_command,
     tidy_checkpoints,
 )
-from nailseg.runs.writable import ensure_writable_dir
+from nailseg.runs.writable import ensure_writable_dir, unwritable_reason
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +133,18 @@ class RunSession:
         trainer: the Lightning Trainer, once :meth:`attach` has been called.
     """
 
-    def __init__(self, cfg: DictConfig, record: RunRecord, resume: Resume | None) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        record: RunRecord,
+        resume: Resume | None,
+        lock: run_lock.RunLock | None = None,
+    ) -> None:
         self.cfg, self.record, self.resume = cfg, record, resume
         self.trainer: pl.Trainer | None = None
         self._logs: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        # The run dir's lock (None in a DDP child: rank 0 holds it), released on leaving.
+        self._lock = lock
 
     @property
     def run_dir(self) -> Path:
@@ -151,20 +162,59 @@ class RunSession:
         Args:
             cfg: the composed config.
             record_extra: more top-level fields for ``run.json`` (e.g. ``rerun_of``).
+
+        Raises:
+            RunDirBusy: another process holds the run dir's lock; nothing was written.
         """
         info = hydra_info()
-        if not cfg.get("resume"):
-            output_dir = Path(cfg.paths.output_dir)
-            ensure_writable_dir(
-                output_dir,
-                f"paths.output_dir={output_dir}",
-                "Point paths.output_dir at a folder you can write, or leave it out to write under"
-                " paths.runs_dir.",
-            )
-            record = RunRecord.start(output_dir, cfg, info, **record_extra)
-            if is_rank_zero():  # a DDP child must not remove rank 0's files
-                tidy_checkpoints(cfg)  # a reused dir may hold temp files of a killed write
-            return cls(cfg, record, None)
+        with contextlib.ExitStack() as undo:  # a failure before the session exists lets go
+            if not cfg.get("resume"):
+                session = cls._start(cfg, info, undo, record_extra)
+            else:
+                session = cls._reopen(cfg, info, undo)
+            undo.pop_all()
+        return session
+
+    @classmethod
+    def _take_lock(cls, run_dir: Path, undo: contextlib.ExitStack) -> run_lock.RunLock | None:
+        """Lock ``run_dir`` if this process writes the record (rank 0 of a DDP run)."""
+        if not (is_rank_zero() and run_lock.lead_process()):
+            return None
+        lock = run_lock.lock_run_dir(run_dir)
+        undo.callback(lock.release)
+        return lock
+
+    @classmethod
+    def _start(
+        cls,
+        cfg: DictConfig,
+        info: dict[str, Any],
+        undo: contextlib.ExitStack,
+        record_extra: dict[str, Any],
+    ) -> RunSession:
+        output_dir = Path(cfg.paths.output_dir)
+        ensure_writable_dir(
+            output_dir,
+            f"paths.output_dir={output_dir}",
+            "Point paths.output_dir at a folder you can write, or leave it out to write under"
+            " paths.runs_dir.",
+        )
+        lock = cls._take_lock(output_dir, undo)  # before anything is written into it
+        record = RunRecord.start(output_dir, cfg, info, **record_extra)
+        if is_rank_zero():  # a DDP child must not remove rank 0's files
+            tidy_checkpoints(cfg)  # a reused dir may hold temp files of a killed write
+        return cls(cfg, record, None, lock)
+
+    @classmethod
+    def _reopen(
+        cls, cfg: DictConfig, info: dict[str, Any], undo: contextlib.ExitStack
+    ) -> RunSession:
+        # Locked before the run is read to be continued, so that a run ending meanwhile is not
+        # resumed from what it was. An unwritable one is refused below, with the fix.
+        target = run_lock.resume_target(cfg.resume)
+        lock = None
+        if target is not None and not unwritable_reason(target):
+            lock = cls._take_lock(target, undo)
         resume = prepare_resume(cfg, info)
         if not is_rank_zero():
             # A DDP child of a resumed run: rank 0 reopens the record and tidies the run dir; the
@@ -177,6 +227,8 @@ class RunSession:
             "Copy the run to a folder you can write and resume the copy:"
             f" cp -a {resume.run_dir} NEW_DIR && python train.py resume=NEW_DIR",
         )
+        if lock is None:
+            lock = cls._take_lock(resume.run_dir, undo)
         here = Path(info["output_dir"]).resolve() if info.get("output_dir") else None
         if here is not None and here != resume.run_dir:
             # This invocation's own Hydra dir holds only its .hydra/ and log; point it at the run.
@@ -201,7 +253,7 @@ class RunSession:
         record.data["resumes"][-1]["removed"] = [str(p) for p in removed]
         record.save()
         log.info("Resuming %s from %s", resume.run_dir, resume.checkpoint)
-        session = cls(resume.cfg, record, resume)
+        session = cls(resume.cfg, record, resume, lock)
         # A resumed run logs into its own train.log too, not only this invocation's Hydra dir.
         session._logs = log_to(resume.run_dir / "train.log")
         return session
@@ -209,6 +261,7 @@ class RunSession:
     def __enter__(self) -> RunSession:
         log.info("Run dir: %s", self.run_dir)
         self._logs.__enter__()
+        run_lock.flush_notes()  # a dead holder's lock taken over: in the run's own log too
         return self
 
     def __exit__(
@@ -228,6 +281,8 @@ class RunSession:
             self.record.finish("failed", error=f"{type(err).__name__}: {err}")
         finally:
             self._logs.__exit__(None, None, None)
+            if self._lock is not None:  # after the last record write
+                self._lock.release()
 
     def attach(self, trainer: pl.Trainer) -> pl.Trainer:
         """The trainer whose checkpoints and metrics an interruption records."""
