@@ -7,7 +7,16 @@ Examples: ``python train.py``, ``python train.py aug=kornia_gpu encoder=effnet_b
 
 import sys
 
-from nailseg.commands.train import main
+from nailseg.runs.stop import run_command
+
+
+def _main() -> int:
+    # Imported here, inside run_command: a Ctrl-C or SIGTERM while torch and Lightning import is
+    # one line and exit 130/143, not a traceback.
+    from nailseg.commands.train import main
+
+    return main(sys.argv[1:])
+
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(_main))

@@ -22,6 +22,7 @@ from nailseg.model.budget import TimeBudget, budget_seconds
 from nailseg.model.network import encoder_normalization
 from nailseg.runs.checkpoint import AtomicCheckpointIO, RNGStateCallback
 from nailseg.runs.resume import RelocatedCheckpoints, Resume
+from nailseg.runs.session import StopCheck
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def build_trainer(cfg: DictConfig, resume: Resume | None = None) -> pl.Trainer:
     # Always on, whatever the callbacks group: exact resume needs the RNG states in checkpoints,
     # and a kill while writing one must leave the previous one readable.
     callbacks.append(RNGStateCallback())
+    # A stop signal stops the run at the next batch even when its exception got lost.
+    callbacks.append(StopCheck())
     if resume is not None and resume.moved_from:
         callbacks.append(RelocatedCheckpoints(resume))
     # A trainer config with its own plugins keeps them (and Lightning's checkpoint writer).

@@ -12,6 +12,7 @@ import sys
 
 from nailseg.commands import COMMANDS
 from nailseg.errors import EXIT_ERROR
+from nailseg.runs.stop import run_command
 
 
 def usage() -> str:
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"nailseg: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return EXIT_ERROR
+    if name == "train":  # stop signals remembered from here on, as python train.py does
+        return run_command(lambda: importlib.import_module("nailseg.commands.train").main(rest))
     module = importlib.import_module(f"nailseg.commands.{COMMANDS[name][0]}")
     return module.main(rest)
 

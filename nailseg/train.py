@@ -7,6 +7,7 @@ already-composed config and is what the tests call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -19,6 +20,7 @@ from nailseg.config_check import check_config
 from nailseg.errors import NailsegError, RunInterrupted, report
 from nailseg.model.budget import TimeBudget
 from nailseg.runs import lock as run_lock
+from nailseg.runs import stop
 from nailseg.runs.session import RunSession
 from nailseg.runs.sweep import JobFailed, current_job
 
@@ -34,6 +36,7 @@ def finish_budget(
 ) -> None:
     """After a budgeted fit: validate the final weights when the budget cut an epoch short, keep
     them as ``checkpoints/final.ckpt`` (the end of the schedule), and record the budget."""
+    stop.enter("final validation")
     if not budget.validated_last:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     final = session.run_dir / "checkpoints" / "final.ckpt"
@@ -55,15 +58,25 @@ def run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
         RunInterrupted: Ctrl-C or SIGTERM stopped the run; it is recorded as ``interrupted``
             with its metrics so far, its checkpoints and the command that continues it.
     """
+    with contextlib.ExitStack() as stops:
+        if not stop.active():  # the command line installs them first; a direct call here
+            stops.enter_context(stop.catching_stops())
+        return _run(cfg, **record_extra)
+
+
+def _run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
     with RunSession.open(cfg, **record_extra) as session:
         cfg = session.cfg  # a resumed run goes on with its recorded config
+        stop.enter("config check")
         check_config(cfg)
         pl.seed_everything(cfg.seed, workers=True)
         # The network (encoder name, weights) and the data are checked before any training.
         augment = build_augment(cfg)
         module = build_module(cfg, normalization=augment.normalization)
         datamodule = build_datamodule(cfg, augment)
+        stop.enter("data")
         datamodule.setup("fit")
+        stop.enter("fit")
         session.check_data(datamodule.fingerprint())
         session.record.update(normalization=augment.normalization)
         trainer = session.attach(build_trainer(cfg, session.resume))
@@ -77,8 +90,10 @@ def run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
             best = (
                 trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             )
+            stop.enter("test after fit")
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
             metrics.update({k: float(v) for k, v in results[0].items()})
+        stop.check()  # the work is done, but the user asked to stop: interrupted, not completed
         # A search's pruning callback (nailseg.runs.pruning) stops a hopeless trial early.
         pruned = any(getattr(callback, "pruned", False) for callback in trainer.callbacks)
         session.complete(metrics, status="pruned" if pruned else "completed")

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nailseg.errors import RunInterrupted
 from nailseg.runs import lock as run_lock
+from nailseg.runs import stop
 from nailseg.runs.curves import write_curves
 from nailseg.runs.record import RunRecord, is_rank_zero, read_run, write_config
 from nailseg.runs.resume import (
@@ -83,9 +84,40 @@ def _rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0))
 
 
+class StopCheck(pl.Callback):
+    """At every batch, sanity check and checkpoint: stop if a stop signal came and its exception
+    was lost (:func:`nailseg.runs.stop.check`; Lightning then shuts down as for Ctrl-C), and log
+    the phase (:func:`nailseg.runs.stop.enter`)."""
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        stop.enter("sanity check")
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        stop.enter("train step")
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking:
+            stop.enter("validation")
+
+    def on_test_batch_start(self, *args: Any) -> None:
+        stop.enter("test")
+
+    def on_save_checkpoint(self, *args: Any) -> None:
+        stop.enter("checkpoint")
+
+
 def stop_signal(err: BaseException) -> str | None:
-    """The signal that stopped the run, when ``err`` is how a stop request surfaces."""
+    """The signal that stopped the run, when ``err`` is how a stop request surfaces.
+
+    After a stop signal (:mod:`nailseg.runs.stop`) whatever ends the run is that stop: with
+    DataLoader workers, which get the signal too, it often surfaces as their death
+    (``RuntimeError: DataLoader worker ... is killed by signal``), or as a ``RuntimeError`` from
+    inside ``torch.save``.
+    """
     from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    if stop.requested() is not None:
+        return stop.requested()
 
     if isinstance(err, SIGTERMException):  # Lightning's SIGTERM handler, at the next batch
         return "SIGTERM"
