@@ -15,7 +15,11 @@ Exit status of ``train.py`` and every ``nailseg`` command:
 """
 
 import difflib
+import os
+import pickle
 import sys
+import tempfile
+from pathlib import Path
 
 
 class NailsegError(Exception):
@@ -32,6 +36,28 @@ class DataError(NailsegError):
 
 class EncoderWeightsError(ConfigError):
     """Requested encoder weights cannot be loaded (offline, missing file, wrong keys)."""
+
+
+class PickledCheckpointError(ConfigError):
+    """A checkpoint holds pickled Python objects, not only tensors, and nailseg loads weights only.
+
+    Said in nailseg's words: torch's own message advises loading with ``weights_only=False``,
+    which runs whatever code the file holds; a tool must never pass that advice on.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(
+            f"Checkpoint {path} holds pickled Python objects, not only tensors: nailseg loads"
+            " weights only and refuses it. Use a checkpoint that nailseg wrote."
+        )
+        self.path = path
+
+
+def refused_pickle(err: BaseException) -> bool:
+    """Whether ``err`` is ``torch.load(..., weights_only=True)`` refusing a file that holds
+    pickled Python objects (or is a plain pickle). Its message must not be shown: it advises
+    the unsafe way (see :class:`PickledCheckpointError`)."""
+    return isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err)
 
 
 def user_error(err: BaseException) -> NailsegError | None:
@@ -67,6 +93,48 @@ def report(err: BaseException) -> int:
         return err.exit_code
     print(f"error: {user_error(err) or err}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def unwritable_reason(path: Path | str) -> str | None:
+    """Why a folder cannot be created or written at ``path``, or None when nothing says so.
+
+    Looks at the nearest part of ``path`` that exists. Its permissions are not the whole story
+    (``/proc`` and ``/sys`` refuse new folders even to root), so a folder is made in it and
+    removed again; nothing is left behind.
+
+    Examples:
+        >>> unwritable_reason("/etc/hostname/runs")
+        '/etc/hostname is a file, not a folder'
+    """
+    probe = Path(os.path.abspath(Path(path).expanduser()))
+    while not os.path.exists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user"
+    if probe != Path(os.path.abspath(Path(path).expanduser())):
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".nailseg-probe-"))
+        except OSError as err:
+            return f"{probe} refuses new folders ({err.strerror or err})"
+    return None
+
+
+def ensure_writable_dir(path: Path | str, what: str, fix: str) -> None:
+    """Create ``path`` if needed and check a file can be written in it.
+
+    Raises:
+        ConfigError: "``what`` cannot be written: <why>. ``fix``"
+    """
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        reason = unwritable_reason(path) or err.strerror or str(err)
+        raise ConfigError(f"{what} cannot be written: {reason}. {fix}") from None
 
 
 def did_you_mean(word: str, options: list[str], prefix: str = "", quote: bool = False) -> str:

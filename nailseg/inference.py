@@ -27,7 +27,8 @@ from torchmetrics.functional.classification import binary_stat_scores
 
 from nailseg.build import instantiate_node
 from nailseg.data.datamodule import as_size
-from nailseg.errors import ConfigError
+from nailseg.errors import ConfigError, PickledCheckpointError
+from nailseg.runs.checkpoint import read_checkpoint
 from nailseg.runs.record import RUN_JSON, find_run_dir, read_config, read_run
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,13 @@ def _default_checkpoint(run_dir: Path, record: dict[str, Any]) -> Path:
     )
 
 
+def _first_sentence(err: BaseException) -> str:
+    """``RuntimeError: PytorchStreamReader failed reading zip archive``; ``EOFError`` alone when
+    the exception says nothing."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0].split('. ')[0]}" if lines else type(err).__name__
+
+
 def _plain(value: Any) -> Any:
     return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
 
@@ -179,7 +187,9 @@ def load_run(
             ``last_checkpoint``).
 
     Raises:
-        ConfigError: not a run, no checkpoint, or weights that do not fit the recorded network.
+        ConfigError: not a run, no checkpoint, an unreadable one (one holding pickled Python
+            objects: :class:`~nailseg.errors.PickledCheckpointError`), or weights that do not fit
+            the recorded network.
     """
     run_dir, ckpt = resolve_run(path)
     record = read_run(run_dir)
@@ -189,11 +199,18 @@ def load_run(
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but no CUDA device is available here.")
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"Checkpoint {ckpt} does not exist.")
     try:
-        # weights_only: a checkpoint is data, never code to run.
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        # weights_only: a checkpoint is data, never code to run (a pickle is refused).
+        saved = read_checkpoint(ckpt, mmap=False)
+    except PickledCheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - torch raises several kinds for a bad file
-        raise ConfigError(f"Cannot read checkpoint {ckpt}: {str(err).splitlines()[0]}") from err
+        raise ConfigError(
+            f"Cannot read checkpoint {ckpt} ({_first_sentence(err)}): it is truncated, damaged or"
+            " not a checkpoint. Use a checkpoint that nailseg wrote."
+        ) from err
     if not isinstance(saved, dict) or "state_dict" not in saved:
         raise ConfigError(f"{ckpt} is not a Lightning checkpoint (no state_dict).")
     hparams = dict(saved.get("hyper_parameters") or {})

@@ -25,11 +25,41 @@ import torch
 from nailseg.commands import add_run_argument, command
 from nailseg.errors import ConfigError
 from nailseg.inference import LoadedRun, load_run
+from nailseg.runs.writable import ensure_writable_dir
 
 TOLERANCE = 1e-4  # largest absolute difference of logits, onnxruntime vs PyTorch (float32)
 CHECK_SIZES = ((64, 64), (96, 128))
 DEFAULT_OPSET = 17
 INSTALL_HINT = "pip install 'nailseg[export]' (onnx, onnxruntime)"
+
+
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets the installed torch's TorchScript exporter (``dynamo=False``, as
+    :func:`export_onnx` uses) supports, from torch's constants (7 to 20 where torch has none).
+    Above it torch only warns, and the graph may be wrong; below it, it refuses."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return 7, 20
+    low = getattr(_constants, "ONNX_MIN_OPSET", 7)
+    high = getattr(
+        _constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 20)
+    )
+    return int(low), int(high)
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an ``--opset`` the exporter does not support, naming the range.
+
+    Raises:
+        ConfigError: "--opset 3: the installed torch (2.x) exports ONNX opsets 7 to 20 ..."
+    """
+    low, high = opset_range()
+    if not low <= opset <= high:
+        raise ConfigError(
+            f"--opset {opset}: the installed torch ({torch.__version__}) exports ONNX opsets"
+            f" {low} to {high}. Give one of those, or leave --opset out ({DEFAULT_OPSET})."
+        )
 
 
 def _onnx_modules():
@@ -69,16 +99,25 @@ def export_onnx(loaded: LoadedRun, out: Path, opset: int) -> None:
     dims = {0: "batch", 2: "height", 3: "width"}
     # The legacy TorchScript exporter (dynamo=False): faster than the dynamo one and writes one
     # self-contained file (no external-data side file for the weights).
-    torch.onnx.export(
-        model,
-        (example,),
-        str(out),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": dims, "logits": dims},
-        opset_version=opset,
-        dynamo=False,
-    )
+    try:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(out),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": dims, "logits": dims},
+            opset_version=opset,
+            dynamo=False,
+        )
+    except torch.onnx.errors.OnnxExporterError as err:
+        if opset == DEFAULT_OPSET:
+            raise  # the default opset exports every smp network: a failure there is a bug
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"--opset {opset} cannot express this network ({first.split('. ')[0]}). Use a"
+            f" newer opset, e.g. the default --opset {DEFAULT_OPSET}."
+        ) from err
     proto = onnx.load(str(out))
     for key, value in metadata(loaded).items():
         entry = proto.metadata_props.add()
@@ -121,15 +160,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=None, help="file (default: RUN_DIR/model.onnx)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     args = parser.parse_args(argv)
+    check_opset(args.opset)
     _onnx_modules()  # before loading anything: a missing package is said at once
     loaded = load_run(args.run_dir, "cpu")
     out = (args.out or loaded.run_dir / "model.onnx").expanduser()
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder: give a file, e.g. --out {out}/model.onnx.")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"Cannot create the folder of --out {out}: {err.strerror}.") from err
+    ensure_writable_dir(
+        out.parent, f"The folder of --out {out}", "Pass --out FILE in a writable folder."
+    )
     export_onnx(loaded, out, args.opset)
     diffs = check_parity(loaded, out)
     worst = max(d for _, d in diffs)

@@ -34,6 +34,7 @@ from nailseg.data.io import read_image
 from nailseg.errors import ConfigError, DataError
 from nailseg.inference import LoadedRun, load_run, predict_probs, to_uint8_batch
 from nailseg.pictures import overlay_mask, write_image
+from nailseg.runs.writable import ensure_writable_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -106,9 +107,15 @@ def predict_batch(
     return masks
 
 
+OUTPUT_FIX = "Pass --output DIR in a writable folder."
+
+
 def _write(path: Path, rgb_or_gray: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_image(path, rgb_or_gray, fix="Check that --output is a writable folder.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # e.g. OUTPUT/masks is a file: say so in one line
+        ensure_writable_dir(path.parent, f"The folder {path.parent} of --output", OUTPUT_FIX)
+    write_image(path, rgb_or_gray, fix=OUTPUT_FIX)
 
 
 @command
@@ -146,6 +153,7 @@ def main(argv: list[str]) -> int:
     loaded = load_run(args.run_dir, args.device)
     threshold = args.threshold if args.threshold is not None else loaded.threshold
     out = args.output.expanduser()
+    ensure_writable_dir(out, f"--output {out}", OUTPUT_FIX)
     skipped: list[str] = []
     written = 0
     with tqdm(total=len(files), desc="predicting", unit="image", file=sys.stderr) as bar:

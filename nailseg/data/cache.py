@@ -34,7 +34,7 @@ import numpy as np
 
 from nailseg.data.masks import MaskRule
 from nailseg.data.sources.base import Pair
-from nailseg.errors import ConfigError
+from nailseg.errors import ConfigError, ensure_writable_dir
 
 CACHE_KINDS = ("none", "ram", "disk", "device")
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -136,7 +136,11 @@ class DiskCache(DecodeCache):
 
 
 def make_cache(kind: str, folder: str | Path | None = None) -> DecodeCache:
-    """The cache for ``data.cache=kind``; ``folder`` is where ``disk`` writes."""
+    """The cache for ``data.cache=kind``; ``folder`` is where ``disk`` writes (created here).
+
+    Raises:
+        ConfigError: an unknown kind, or a ``disk`` folder that cannot be created or written.
+    """
     if kind in (None, "none", False):
         return DecodeCache()
     if kind == "ram":
@@ -146,5 +150,11 @@ def make_cache(kind: str, folder: str | Path | None = None) -> DecodeCache:
     if kind == "disk":
         if folder is None:
             raise ConfigError("data.cache=disk needs data.cache_dir=/path/to/folder.")
+        # Refused here, before any sample is decoded, not as an OSError from the first write.
+        ensure_writable_dir(
+            Path(folder),
+            f"data.cache_dir={folder}",
+            "Choose a writable folder with data.cache_dir=DIR, or use data.cache=ram.",
+        )
         return DiskCache(folder)
     raise ConfigError(f"Unknown data.cache={kind!r}. Options: auto, {', '.join(CACHE_KINDS)}.")

@@ -23,7 +23,7 @@ from segmentation_models_pytorch.encoders import (
 )
 from torch import nn
 
-from nailseg.errors import ConfigError, EncoderWeightsError, did_you_mean
+from nailseg.errors import ConfigError, EncoderWeightsError, did_you_mean, refused_pickle
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +292,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any failure to read is a bad file for the user to fix
         pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = (
-            f"it holds a pickled Python object ({pickled.group(1)}), not only tensors, and"
-            " pickles are not loaded"
-            if pickled
-            else _first_line(err)
-        )
+        if pickled:
+            what = (
+                f"it holds a pickled Python object ({pickled.group(1)}), not only tensors, and"
+                " pickles are not loaded"
+            )
+        elif refused_pickle(err):  # torch's own words would advise weights_only=False: never
+            what = "it holds pickled Python objects, not only tensors, and pickles are not loaded"
+        else:
+            what = _first_line(err)
         raise EncoderWeightsError(
             f"Cannot read encoder weights {path} (encoder.weights): {what}. {how}"
         ) from err

@@ -15,8 +15,10 @@ values only.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from nailseg.errors import PickledCheckpointError, refused_pickle
 
 TEMP_SUFFIX = ".tmp"
 # AtomicCheckpointIO's temp files: ".<name>.<pid>.tmp".
@@ -109,13 +113,23 @@ class RNGStateCallback(pl.Callback):
                 torch.cuda.set_rng_state_all([s.cpu() for s in states])
 
 
-def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    """A checkpoint's contents, memory-mapped (tensors are not read until used).
+def read_checkpoint(path: Path | str, mmap: bool = True) -> dict[str, Any]:
+    """A checkpoint's contents: tensors and plain values only (``weights_only``), memory-mapped
+    (tensors are then not read until used) unless ``mmap`` is false or the file is not in
+    ``torch.save``'s zip format (an old-format file or a plain pickle, which torch cannot map).
 
     Raises:
-        Exception: whatever ``torch.load`` raises for a truncated, damaged or pickled file.
+        PickledCheckpointError: the file holds pickled Python objects (torch's own message would
+            advise loading it unsafely: it is never shown).
+        Exception: whatever ``torch.load`` raises for a truncated or damaged file.
     """
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    mmap = mmap and zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        if refused_pickle(err):
+            raise PickledCheckpointError(path) from None
+        raise
 
 
 def _process_exists(pid: int) -> bool:

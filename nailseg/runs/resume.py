@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from nailseg.errors import ConfigError
+from nailseg.errors import ConfigError, PickledCheckpointError
 from nailseg.runs.checkpoint import (
     orphan_checkpoints,
     read_checkpoint,
@@ -276,10 +276,16 @@ def _unreadable(run_dir: Path, checkpoint: Path, err: BaseException, dirs: list[
     def short(path: Path) -> str:
         return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
 
-    message = (
-        f"resume={run_dir}: {short(checkpoint)} cannot be read ({_first_sentence(err)}); it is"
-        " truncated or damaged."
-    )
+    if isinstance(err, PickledCheckpointError):
+        message = (
+            f"resume={run_dir}: {short(checkpoint)} holds pickled Python objects, not only"
+            " tensors: nailseg loads weights only and refuses it."
+        )
+    else:
+        message = (
+            f"resume={run_dir}: {short(checkpoint)} cannot be read ({_first_sentence(err)}); it"
+            " is truncated or damaged."
+        )
     newest = _newest_readable([*dirs, checkpoint.parent], checkpoint)
     if newest is None:
         return (

@@ -13,11 +13,12 @@ of the multirun writes it once more. With ``hydra/launcher=joblib`` it also pins
 GPU of a multi-GPU machine at job start (:func:`pin_gpu`).
 
 Columns: ``job``, one column per swept key (the overrides that differ between jobs), ``status``
-(``completed``, ``failed``, ``pruned``, ``interrupted``, ``running``), ``error`` (its first
-line), ``duration_s``, ``epochs`` (epochs with a training loss in ``csv/metrics.csv``),
-``train_images_per_s``, ``final`` and ``best`` ``val/iou``, ``val/dice``, ``val/loss`` (best
-over the epochs of ``csv/metrics.csv``: highest IoU/Dice, lowest loss), ``run_dir``,
-``best_checkpoint`` and ``best`` (``*`` on the best row).
+(``completed``, ``failed``, ``pruned``, ``interrupted``, ``running``; ``not started`` without a
+``run.json``, ``bad record`` when it is empty or damaged), ``error`` (its first line, or what is
+wrong with the record), ``duration_s``, ``epochs`` (epochs with a training loss in
+``csv/metrics.csv``), ``train_images_per_s``, ``final`` and ``best`` ``val/iou``, ``val/dice``,
+``val/loss`` (best over the epochs of ``csv/metrics.csv``: highest IoU/Dice, lowest loss),
+``run_dir``, ``best_checkpoint`` and ``best`` (``*`` on the best row).
 
 ``train_images_per_s`` = training images per epoch x epochs / seconds, where images per epoch
 is ``data.n.train`` (``run.json``) capped by ``trainer.limit_train_batches`` x
@@ -113,16 +114,21 @@ def epoch_metrics(run_dir: Path) -> dict[str, list[float]]:
     return values
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """A record's field that should hold an object, or ``{}`` when it holds something else."""
+    return value if isinstance(value, dict) else {}
+
+
 def images_per_epoch(data: dict[str, Any], cfg: DictConfig | None) -> int | None:
     """Training images one epoch sees: ``data.n.train``, capped by ``limit_train_batches``."""
-    n_train = ((data.get("data") or {}).get("n") or {}).get("train")
+    n_train = _number(_mapping(_mapping(data.get("data")).get("n")).get("train"))
     if not n_train:
         return None
     if cfg is None:
         return int(n_train)
     limit = OmegaConf.select(cfg, "trainer.limit_train_batches", default=None)
     batch = OmegaConf.select(cfg, "data.batch_size", default=None)
-    world = int(data.get("world_size") or 1)
+    world = int(_number(data.get("world_size")) or 1)
     if isinstance(limit, float) and limit <= 1.0:
         return int(n_train * limit)
     if isinstance(limit, int) and isinstance(batch, int):
@@ -143,6 +149,25 @@ def metric_mode(metric: str, job_dir: Path) -> str:
     return "min" if "loss" in metric else "max"
 
 
+BAD_RECORD = "bad record"  # status of a job whose run.json cannot be read as a run record
+
+
+def _record(job_dir: Path) -> tuple[dict[str, Any], str]:
+    """A job's ``run.json``, or ``({}, what is wrong with it)`` when it is not a run record
+    (empty, not JSON, not a JSON object): the job's row says so, the other rows are written."""
+    path = job_dir / RUN_JSON
+    try:
+        if not path.read_text().strip():
+            return {}, f"{path} is empty: the job's record was lost (see {job_dir}/*.log)"
+        data = read_run(job_dir)
+    except (ConfigError, OSError, UnicodeDecodeError) as err:
+        return {}, first_line(err)
+    if not isinstance(data, dict):
+        kind = {list: "list", str: "string", int: "number", float: "number"}.get(type(data), "")
+        return {}, f"{path} holds a JSON {kind or type(data).__name__}, not a run record (object)"
+    return data, ""
+
+
 def job_row(job_dir: Path) -> dict[str, Any]:
     """One job's row (before the swept keys are known); ``_overrides`` and ``_metric`` are for
     :func:`summary_rows`."""
@@ -156,19 +181,22 @@ def job_row(job_dir: Path) -> dict[str, Any]:
             _metric=DEFAULT_METRIC,
         )
         return row
-    data = read_run(job_dir)
+    data, problem = _record(job_dir)
+    if problem:
+        row.update(status=BAD_RECORD, error=problem, run_dir=str(job_dir), _metric=DEFAULT_METRIC)
+        return row
     try:
         cfg: DictConfig | None = read_config(job_dir)
     except ConfigError:
         cfg = None
     metric = str((cfg.get("optimized_metric") if cfg is not None else None) or DEFAULT_METRIC)
     epochs = epoch_metrics(job_dir)
-    recorded = data.get("metrics") or {}
+    recorded = _mapping(data.get("metrics"))
     n_epochs = len(epochs["train/loss"])
     seconds = _number(data.get("fit_duration_s")) or _number(data.get("duration_s"))
     per_epoch = images_per_epoch(data, cfg)
     row.update(
-        status=data.get("status") or "unknown",
+        status=str(data.get("status") or "unknown"),
         error=first_line(data.get("error")) if data.get("status") != "completed" else "",
         duration_s=_number(data.get("duration_s")),
         epochs=n_epochs,
@@ -182,7 +210,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         row[f"final {key}"] = final if final is not None else (seen[-1] if seen else None)
         row[f"best {key}"] = (min(seen) if "loss" in key else max(seen)) if seen else None
     row.update(
-        run_dir=data.get("run_dir") or str(job_dir),
+        run_dir=str(data.get("run_dir") or job_dir),
         best_checkpoint=data.get("best_checkpoint"),
         _metric=metric,
         _value=_number(recorded.get(metric)),

@@ -2,57 +2,26 @@
 
 Hydra creates the run dir before any of our code runs and answers a failure with a traceback,
 so :func:`run_dir_problem` checks Hydra's dir before Hydra starts; :func:`ensure_writable_dir`
-checks the dirs the run itself writes (``paths.output_dir``, a resumed run's dir).
+checks the dirs the run itself writes (``paths.output_dir``, a resumed run's dir, ``--output`` of
+``predict``, ``export``). :func:`ensure_writable_dir` and :func:`unwritable_reason` live in
+:mod:`nailseg.errors` (the base layer), so that ``data.cache_dir`` is refused in the same words.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from nailseg.errors import ConfigError
+# Defined in the base layer, so that every layer can refuse a folder in the same words; imported
+# from here by the callers that check run and output dirs.
+from nailseg.errors import ensure_writable_dir, unwritable_reason
+
+__all__ = ["ensure_writable_dir", "run_dir_problem", "unwritable_reason"]
 
 # Hydra flags after which no run dir is created (help, --cfg, --info, ...) or that compose
 # another config (-cp, -cn, -cd): the check is left to Hydra then.
 _RUN_FLAGS = ("-m", "--multirun", "-r", "--run")
-
-
-def unwritable_reason(path: Path | str) -> str | None:
-    """Why a folder cannot be created or written at ``path``, or None when nothing says so.
-
-    Looks at the nearest part of ``path`` that exists; creates nothing.
-
-    Examples:
-        >>> unwritable_reason("/etc/hostname/runs")
-        '/etc/hostname is a file, not a folder'
-    """
-    probe = Path(os.path.abspath(Path(path).expanduser()))
-    while not os.path.exists(probe) and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is a file, not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable by this user"
-    return None
-
-
-def ensure_writable_dir(path: Path, what: str, fix: str) -> None:
-    """Create ``path`` if needed and check a file can be written in it.
-
-    Raises:
-        ConfigError: "``what`` cannot be written: <why>. ``fix``"
-    """
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        reason = unwritable_reason(path) or err.strerror or str(err)
-        raise ConfigError(f"{what} cannot be written: {reason}. {fix}") from None
 
 
 def run_dir_problem(argv: Sequence[str]) -> str | None:
