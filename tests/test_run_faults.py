@@ -378,3 +378,20 @@ def test_two_first_runs_share_one_synthetic_set(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [folder.name, f".{folder.name}.lock"]
     )
+
+
+@pytest.mark.slow
+def test_a_job_slurm_starts_again_continues_its_run(interrupted: dict) -> None:
+    """A requeued SLURM job runs its command again (``SLURM_RESTART_COUNT`` > 0): in its own run
+    dir it finds its interrupted run and continues it instead of starting over."""
+    root = interrupted["root"]
+    job = copy_run(interrupted["orig"], root / "requeued").resolve()
+    command = (*TINY, f"paths.runs_dir={root}", f"paths.data_dir={root / 'data'}")
+    done = train_py(
+        *command, f"hydra.run.dir={job}", env={**ONE_THREAD_ENV, "SLURM_RESTART_COUNT": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SLURM started this job again" in (job / "train.log").read_text()
+    record = read_run(job)
+    assert record["status"] == "completed"
+    assert len(record["resumes"]) == 1 and 0 <= record["metrics"]["val/iou"] <= 1

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nailseg.errors import RunInterrupted
 from nailseg.runs import lock as run_lock
@@ -82,6 +83,30 @@ def _rank() -> int:
     from pytorch_lightning.utilities import rank_zero_only
 
     return int(getattr(rank_zero_only, "rank", 0))
+
+
+def requeued_run(output_dir: Path) -> Path | None:
+    """The run to continue when SLURM starts a job again after preemption or a requeue.
+
+    SLURM counts a job's starts in ``SLURM_RESTART_COUNT``; a requeued job runs its command
+    again, so it starts in its own run dir (a sweep's job dir, or a fixed ``hydra.run.dir``).
+    When that dir holds a run that did not end (``interrupted``, or ``running`` when the kill
+    left no time to record it) with a ``last.ckpt``, the job continues it, as
+    ``resume=RUN_DIR`` would, instead of starting over. Otherwise ``None``: a new run.
+    """
+    if os.environ.get("SLURM_RESTART_COUNT", "0").strip() in ("", "0"):
+        return None
+    if not (output_dir / "run.json").is_file():
+        return None
+    try:
+        status = read_run(output_dir).get("status")
+    except Exception:  # noqa: BLE001 - a damaged record: start again, as without SLURM
+        return None
+    if status not in ("interrupted", "running"):
+        return None
+    if not (output_dir / "checkpoints" / "last.ckpt").is_file():
+        return None
+    return output_dir
 
 
 class StopCheck(pl.Callback):
@@ -199,6 +224,16 @@ class RunSession:
             RunDirBusy: another process holds the run dir's lock; nothing was written.
         """
         info = hydra_info()
+        requeued = None if cfg.get("resume") else requeued_run(Path(cfg.paths.output_dir))
+        if requeued is not None:
+            log.warning(
+                "SLURM started this job again (SLURM_RESTART_COUNT=%s): continuing its run in %s",
+                os.environ.get("SLURM_RESTART_COUNT"),
+                requeued,
+            )
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                cfg.resume = str(requeued)
         with contextlib.ExitStack() as undo:  # a failure before the session exists lets go
             if not cfg.get("resume"):
                 session = cls._start(cfg, info, undo, record_extra)
