@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 status=0
 echo "== CUDA tests" | tee "$OUT/tests.txt"
 "$PY" -m pytest -q -p no:cacheprovider -rs --durations=5 \
-  tests/test_fused_engine.py tests/test_fused_colour.py tests/test_fused_clahe.py \
+  tests/test_fused_engine.py tests/test_fused_colour.py tests/test_fused_clahe.py tests/test_augment_parity.py \
   tests/test_augment_engine.py tests/test_augment_alignment.py tests/test_augment_device_path.py \
   tests/test_device_cache.py tests/test_ignore_index.py tests/test_masks_and_images.py 2>&1 | tee -a "$OUT/tests.txt" || status=1
 echo "== augmentation throughput, 384 px, batch 32" | tee "$OUT/augment.txt"

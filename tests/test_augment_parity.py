@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from nailseg.augment.albu import AlbumentationsAugment
 from nailseg.augment.base import AugmentBackend, augment_arrays, denormalize
@@ -301,25 +302,31 @@ CASES = {
 
 # ---------------------------------------------------------------------------- running, comparing
 def run(
-    backend: AugmentBackend, pattern: Callable[[], tuple[np.ndarray, np.ndarray]]
+    backend: AugmentBackend,
+    pattern: Callable[[], tuple[np.ndarray, np.ndarray]],
+    device: str = "cpu",
 ) -> np.ndarray:
     """The backend's augmented images, de-normalised to [0, 1], as ``(N, 3, H, W)`` numpy."""
     image, mask = pattern()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the one "not a GPU" warning; tested elsewhere
-        out, _ = augment_arrays(backend, [image] * N, [mask] * N, SEEDS)
-    return denormalize(out, backend.mean, backend.std).clamp(0, 1).numpy().astype(np.float64)
+        out, _ = augment_arrays(backend, [image] * N, [mask] * N, SEEDS, device=device)
+    out = denormalize(out.float().cpu(), backend.mean, backend.std)
+    return out.clamp(0, 1).numpy().astype(np.float64)
 
 
 @functools.cache
 def measured(name: str, backend: str, different: bool = False) -> dict[str, np.ndarray]:
     case = CASES[name]
-    cls = {"albu": AlbumentationsAugment, "kornia": KorniaAugment}[backend]
+    policy = case.different if different else case.policy
+    if backend == "fused":  # the fused Triton engine, on CUDA
+        built, device = KorniaAugment(policy, engine="fused"), "cuda"
+    else:
+        cls = {"albu": AlbumentationsAugment, "kornia": KorniaAugment}[backend]
+        built, device = cls(policy), "cpu"
     image, _ = case.pattern()
     original = image.transpose(2, 0, 1).astype(np.float64) / 255
-    return case.measure(
-        run(cls(case.different if different else case.policy), case.pattern), original
-    )
+    return case.measure(run(built, case.pattern, device), original)
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray | tuple[float, float]) -> float:
@@ -401,3 +408,11 @@ def test_detects_a_different_policy(name: str) -> None:
         CASES[name], measured(name, "albu"), measured(name, "kornia", different=True)
     )
     assert failures, f"{name}: a different policy passed parity (figures: {figures})"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_fused_engine_draws_the_same_distributions(name: str) -> None:
+    """The fused Triton engine (CUDA) against Albumentations, as the reference is above."""
+    failures, figures = compare(CASES[name], measured(name, "albu"), measured(name, "fused"))
+    assert not failures, f"{name}: {failures} (figures: {figures})"
