@@ -170,6 +170,10 @@ def test_a_sample_augments_the_same_in_any_batch() -> None:
     part = _run(engine, image[order], mask[order], seeds[order])
     torch.testing.assert_close(part[0], full[0][order], rtol=0, atol=0)
     torch.testing.assert_close(part[1], full[1][order], rtol=0, atol=0)
+    # Seeds as a strided view (every other element of a table): the same batch.
+    strided = torch.stack([seeds, seeds * 0], 1)[:, 0]
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(_run(engine, image, mask, strided)[0], full[0], rtol=0, atol=0)
 
 
 def test_engine_choice_and_removed_compile(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -279,6 +279,7 @@ class FusedTransform:
 
     def params(self, seeds: Tensor, size: tuple[int, int]) -> Tensor:
         """The parameter table of ``seeds`` (``(B, len(TABLE_COLUMNS))`` float32)."""
+        seeds = seeds.contiguous()  # read with stride 1 (no copy when it is already)
         table = torch.empty(seeds.shape[0], len(TABLE_COLUMNS), device=seeds.device)
         fused_params(seeds, self._policy_on(seeds.device), table, size[0], size[1])
         return table
@@ -295,6 +296,7 @@ class FusedTransform:
         ``dtype`` and the float32 mask, as the reference's ``_train_transform`` computes them."""
         count, _, height, width = image.shape
         device = image.device
+        seeds = seeds.contiguous()  # the kernels read it with stride 1 (no copy when it is)
         table = self.params(seeds, (height, width))
         work = torch.empty(count, 3, height, width, device=device)
         mask_out = torch.empty(count, 1, height, width, device=device)
