@@ -169,3 +169,18 @@ def test_a_stop_is_an_interruption_at_every_phase(
     if outcome.record.get("last_checkpoint"):
         command = outcome.record["resume_command"]
         assert command.startswith("python train.py resume=") and command in last
+
+
+def test_a_stop_during_a_checkpoint_write_waits_for_the_write() -> None:
+    """``stop.deferred`` holds a stop back until the block (a checkpoint write) is done, then
+    hands it on: the block finishes, the stop still comes, and it is remembered."""
+    from nailseg.runs import stop
+
+    finished = []
+    with stop.catching_stops(), pytest.raises(KeyboardInterrupt):
+        with stop.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal is handled at a bytecode boundary in here
+            finished.append(True)
+    assert finished == [True]
+    assert stop.requested() == stop.NAMES[signal.SIGINT]

@@ -32,6 +32,7 @@ from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from nailseg.errors import PickledCheckpointError, refused_pickle
+from nailseg.runs import stop
 
 TEMP_SUFFIX = ".tmp"
 # AtomicCheckpointIO's temp files: ".<name>.<pid>.tmp".
@@ -58,11 +59,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
         try:
-            with open(tmp, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
+            # A stop that comes meanwhile waits until the checkpoint is in place (stop.deferred).
+            with stop.deferred():
+                with open(tmp, "wb") as file:
+                    torch.save(checkpoint, file)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -344,6 +344,8 @@ class RunSession:
                 return
             signal = stop_signal(err)
             if signal is not None:
+                # How the stop surfaced, for whoever debugs a stop (hydra.verbose=...phases).
+                stop.phases.debug("%s surfaced as", signal, exc_info=err)
                 raise self._interrupted(signal) from None
             self.record.finish("failed", error=f"{type(err).__name__}: {err}")
         finally:

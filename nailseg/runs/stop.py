@@ -34,6 +34,7 @@ phases = logging.getLogger("nailseg.runs.phases")
 NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
 _received: list[str] = []
 _forking = False
+_installed = 0  # catching_stops blocks open in this process
 
 
 class TerminateRequested(KeyboardInterrupt):
@@ -71,14 +72,18 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """A process forked during a run (a DataLoader worker) leaves stops to the main process:
-    Ctrl-C is ignored there (the main process shuts its workers down), SIGTERM ends it quietly
-    (the main process sees its worker die, and knows why)."""
-    global _forking
+    """A process forked during a run (a DataLoader worker) leaves stops to the main process,
+    which shuts its workers down in order: SIGINT and SIGTERM are ignored there. A worker that
+    died of the signal instead would raise in the main process wherever it happens to be (torch's
+    SIGCHLD handler), inside ``torch.save``'s writer too, which can abort the process at exit.
+    A worker whose main process is killed outright still ends: torch's workers watch their
+    parent."""
+    global _forking, _installed
     _forking = False
     if active():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _installed = 0
     _received.clear()
 
 
@@ -105,16 +110,20 @@ def catching_stops() -> Iterator[None]:
     if previous[signal.SIGINT] is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    global _installed
+    _installed += 1
     try:
         yield
     finally:
+        _installed -= 1
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def active() -> bool:
-    """Whether :func:`catching_stops` handlers are installed (in this process)."""
-    return signal.getsignal(signal.SIGTERM) is _on_sigterm
+    """Whether a :func:`catching_stops` block is open in this process (Lightning may have
+    composed its own SIGTERM handler on top of ours meanwhile)."""
+    return _installed > 0
 
 
 def run_command(main: Callable[[], int]) -> int:
@@ -151,3 +160,36 @@ def enter(phase: str) -> None:
     """A run enters ``phase``: stop here if a stop came (:func:`check`), else log it (DEBUG)."""
     check()
     phases.debug("phase: %s", phase)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGCHLD back for the length of the block (a checkpoint write),
+    then hand them to their handlers.
+
+    A handler that raises inside ``torch.save``'s writer (ours for a stop, or torch's SIGCHLD
+    handler when a DataLoader worker died of the same stop) leaves a half-written zip writer
+    whose destructor aborts the process at exit. Held back, the write completes, and the stop
+    comes right after it. Main thread only (elsewhere the block runs as it is).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[tuple[int, FrameType | None]] = []
+    kinds = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
+    previous = {sig: signal.getsignal(sig) for sig in kinds}
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append((signum, frame))
+
+    for sig in kinds:
+        if callable(previous[sig]):  # an ignored or default disposition stays as it is
+            signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if callable(handler):
+                signal.signal(sig, handler)
+        for signum, frame in held:
+            previous[signum](signum, frame)
