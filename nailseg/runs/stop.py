@@ -73,11 +73,11 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     """A process forked during a run (a DataLoader worker) leaves stops to the main process,
-    which shuts its workers down in order: SIGINT and SIGTERM are ignored there. A worker that
-    died of the signal instead would raise in the main process wherever it happens to be (torch's
-    SIGCHLD handler), inside ``torch.save``'s writer too, which can abort the process at exit.
-    A worker whose main process is killed outright still ends: torch's workers watch their
-    parent."""
+    which shuts its workers down: SIGINT and SIGTERM are ignored there from the fork on. (A
+    DataLoader worker then installs torch's own SIGTERM handler, which ends it; its death reaches
+    the main process through torch's SIGCHLD handler, which :func:`deferred` holds back during a
+    checkpoint write.) A worker whose main process is killed outright still ends: torch's workers
+    watch their parent."""
     global _forking, _installed
     _forking = False
     if active():
