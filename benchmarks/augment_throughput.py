@@ -189,6 +189,27 @@ def stage_times(
     return times
 
 
+def fused_step_times(
+    engine: KorniaAugment, image: torch.Tensor, mask: torch.Tensor, seeds: torch.Tensor, reps: int
+) -> dict[str, float]:
+    """Milliseconds per batch of each launch of the fused engine, timed alone (median of
+    ``reps``), in the order one batch runs them."""
+    device = image.device
+    steps, _, _ = engine.fused_transform().steps(image, mask, seeds)
+    times = {}
+    for name, step in steps:
+        step()
+        samples = []
+        for _ in range(reps):
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            samples.append(time.perf_counter() - start)
+        times[name] = 1000 * statistics.median(samples)
+    return times
+
+
 def albu_rates(
     policy: AugPolicy, images: list[np.ndarray], masks: list[np.ndarray], seconds: float
 ) -> dict[str, float]:
@@ -324,6 +345,12 @@ def main() -> None:
         print(f"\nfused engine: not run on {device.type} ({fused_unavailable() or 'needs CUDA'})")
     else:
         print(f"\nfused engine: {len(launches)} launches per batch: {', '.join(launches)}")
+        steps = fused_step_times(fused, image, mask, seeds, reps=10)
+        total = sum(steps.values())
+        print(f"fused engine per-launch breakdown, ms per batch of {args.batch}, each timed alone")
+        for step, ms in steps.items():
+            print(f"  {step:<28} {ms:10.3f} {100 * ms / total:6.1f}%")
+        print(f"  {'sum':<28} {total:10.3f}")
 
     times = stage_times(engine, image, mask, seeds, reps=10)
     total = sum(t[0] for t in times.values())

@@ -294,55 +294,89 @@ class FusedTransform:
     ) -> tuple[Tensor, Tensor]:
         """uint8 ``(B, 3, H, W)`` image and ``(B, 1, H, W)`` mask -> the normalised image in
         ``dtype`` and the float32 mask, as the reference's ``_train_transform`` computes them."""
+        steps, out, mask_out = self.steps(image, mask, seeds, dtype)
+        for _, step in steps:
+            step()
+        return out, mask_out
+
+    def steps(
+        self, image: Tensor, mask: Tensor, seeds: Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[list[tuple[str, Callable[[], None]]], Tensor, Tensor]:
+        """The launches of one batch, in order, as ``(name, launch)`` pairs over buffers
+        allocated here, and the image and mask they fill. :meth:`__call__` runs them all; the
+        benchmark times each alone (``benchmarks/augment_throughput.py``)."""
         count, _, height, width = image.shape
         device = image.device
         seeds = seeds.contiguous()  # the kernels read it with stride 1 (no copy when it is)
-        table = self.params(seeds, (height, width))
+        table = torch.empty(count, len(TABLE_COLUMNS), device=device)
         work = torch.empty(count, 3, height, width, device=device)
         mask_out = torch.empty(count, 1, height, width, device=device)
-        fused_warp_noise(
-            image, mask, table, seeds, work, mask_out, self.bilinear, self.policy.noise is not None
-        )
+        policy = self._policy_on(device)
+        noise = self.policy.noise is not None
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("parameters", lambda: fused_params(seeds, policy, table, height, width)),
+            (
+                "geometry + noise",
+                lambda: fused_warp_noise(
+                    image, mask, table, seeds, work, mask_out, self.bilinear, noise
+                ),
+            ),
+        ]
         if self.clahe:
             tile_h, tile_w = clahe_tiles(height, width, self.grid)
-            hist = torch.zeros(count, self.grid * self.grid, 256, device=device, dtype=torch.int32)
+            hist = torch.empty(count, self.grid * self.grid, 256, device=device, dtype=torch.int32)
             luts = torch.empty(count, self.grid * self.grid, 256, device=device)
+            steps.append(("zero CLAHE histograms", hist.zero_))
         else:  # never read: the kernels' CLAHE branches are compiled out
             tile_h = tile_w = 1
             hist, luts = torch.empty(1, device=device), torch.empty(1, device=device)
         blurred = work
-        if self.policy.blur is not None or self.clahe:
+        blur = self.policy.blur is not None
+        if blur or self.clahe:
             blurred = torch.empty_like(work)
-            fused_blur(
-                work,
-                table,
-                blurred,
-                hist,
-                self.kernel_size,
-                self.policy.blur is not None,
-                self.clahe,
-                self.grid,
-                tile_h,
-                tile_w,
+            steps.append(
+                (
+                    "blur + CLAHE histograms",
+                    lambda: fused_blur(
+                        work,
+                        table,
+                        blurred,
+                        hist,
+                        self.kernel_size,
+                        blur,
+                        self.clahe,
+                        self.grid,
+                        tile_h,
+                        tile_w,
+                    ),
+                )
             )
         if self.clahe:
-            fused_clahe_luts(hist, table, luts, self.grid, tile_h * tile_w)
+            pixels = tile_h * tile_w
+            steps.append(
+                ("CLAHE LUTs", lambda: fused_clahe_luts(hist, table, luts, self.grid, pixels))
+            )
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         out = torch.empty(
             count, 3, height, width, device=device, dtype=dtype, memory_format=memory_format
         )
-        fused_finish(
-            blurred,
-            table,
-            luts,
-            out,
-            self.scale,
-            self.shift,
-            self.hsv,
-            self.clahe,
-            self.bc,
-            self.grid,
-            tile_h,
-            tile_w,
+        steps.append(
+            (
+                "colour + normalise",
+                lambda: fused_finish(
+                    blurred,
+                    table,
+                    luts,
+                    out,
+                    self.scale,
+                    self.shift,
+                    self.hsv,
+                    self.clahe,
+                    self.bc,
+                    self.grid,
+                    tile_h,
+                    tile_w,
+                ),
+            )
         )
-        return out, mask_out
+        return steps, out, mask_out
