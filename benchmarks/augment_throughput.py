@@ -42,7 +42,6 @@ import cv2
 import kornia.augmentation as K
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from nailseg.augment.albu import AlbumentationsAugment, build_albumentations
 from nailseg.augment.base import NoAugment
@@ -100,26 +99,13 @@ def stock_kornia(policy: AugPolicy) -> K.AugmentationSequential:
     return K.AugmentationSequential(*ops, data_keys=["input", "mask"])
 
 
-class _Launches(TorchDispatchMode):
-    """The ops one call dispatches, less allocations and views (no kernel runs for those)."""
-
-    FREE = ("empty", "empty_strided", "empty_like", "view", "as_strided", "alias", "detach")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.name().split("::")[1].split(".")[0] not in self.FREE:
-            self.ops.append(func.name().split(".")[0])
-        return func(*args, **(kwargs or {}))
-
-
 def count_launches(step: Callable[[], object]) -> list[str]:
     """The device ops of one ``step`` (a custom op of the fused engine counts as its kernel)."""
-    with _Launches() as mode:
+    from nailseg.augment.fused.ops import LaunchCounter  # needs Triton: only where fused runs
+
+    with LaunchCounter() as counter:
         step()
-    return mode.ops
+    return counter.ops
 
 
 def sync(device: torch.device) -> None:
@@ -141,6 +127,19 @@ def rate(step: Callable[[], object], batch: int, device: torch.device, seconds: 
             if time.perf_counter() - start > seconds:
                 break
     return calls * batch / (time.perf_counter() - start)
+
+
+def alone_ms(part: Callable[[], object], device: torch.device, reps: int) -> float:
+    """Milliseconds of one call of ``part``, timed alone (synchronised), median of ``reps``."""
+    part()
+    samples = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        part()
+        sync(device)
+        samples.append(time.perf_counter() - start)
+    return 1000 * statistics.median(samples)
 
 
 def stage_times(
@@ -172,21 +171,10 @@ def stage_times(
             lambda stage=stage, whole=whole: stage(x, m, whole, "subset"),
         )
     parts["normalise"] = (lambda: engine.normalize_float(x),) * 2
-    times = {}
-    for name, pair in parts.items():
-        figures = []
-        for part in pair:
-            part()
-            samples = []
-            for _ in range(reps):
-                sync(device)
-                start = time.perf_counter()
-                part()
-                sync(device)
-                samples.append(time.perf_counter() - start)
-            figures.append(1000 * statistics.median(samples))
-        times[name] = (figures[0], figures[1])
-    return times
+    return {
+        name: (alone_ms(a, device, reps), alone_ms(b, device, reps))
+        for name, (a, b) in parts.items()
+    }
 
 
 def fused_step_times(
@@ -196,18 +184,7 @@ def fused_step_times(
     ``reps``), in the order one batch runs them."""
     device = image.device
     steps, _, _ = engine.fused_transform().steps(image, mask, seeds)
-    times = {}
-    for name, step in steps:
-        step()
-        samples = []
-        for _ in range(reps):
-            sync(device)
-            start = time.perf_counter()
-            step()
-            sync(device)
-            samples.append(time.perf_counter() - start)
-        times[name] = 1000 * statistics.median(samples)
-    return times
+    return {name: alone_ms(step, device, reps) for name, step in steps}
 
 
 def albu_rates(

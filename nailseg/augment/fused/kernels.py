@@ -206,12 +206,8 @@ def warp_noise_kernel(
     ``grid_sample`` evaluates through normalised coordinates. With no geometry the point is ``p``
     itself, exactly, so those samples are copied unchanged.
     """
-    b = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    b, offs, live, y, x = _pixels(height, width, BLOCK)
     plane = height * width
-    live = offs < plane
-    y = offs // width
-    x = offs % width
     row = table_ptr + b * NCOL
     radians = tl.load(row + C_ANGLE) * 0.017453292519943295
     scale = tl.load(row + C_SCALE)
@@ -275,6 +271,22 @@ def warp_noise_kernel(
 
 
 @triton.jit
+def _pixels(height, width, BLOCK: tl.constexpr):
+    """This program's sample and block of pixels: ``(b, offsets, live, rows, columns)``."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return tl.program_id(1), offs, offs < height * width, offs // width, offs % width
+
+
+@triton.jit
+def _load_rgb(source, offs, plane, live):
+    """The three planes of one float32 ``(3, H, W)`` image at ``offs``."""
+    red = tl.load(source + offs, mask=live, other=0.0)
+    green = tl.load(source + plane + offs, mask=live, other=0.0)
+    blue = tl.load(source + 2 * plane + offs, mask=live, other=0.0)
+    return red, green, blue
+
+
+@triton.jit
 def _reflect(i, n):
     # torch's "reflect" padding (no edge repeat), for offsets smaller than the side.
     i = tl.where(i < 0, -i, i)
@@ -303,17 +315,11 @@ def blur_kernel(
     ``get_gaussian_kernel1d``); each output is the separable sum over the ``KSIZE**2``
     neighbourhood, read from L1/L2 (one launch; no intermediate pass written out).
     """
-    b = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    b, offs, live, y, x = _pixels(height, width, BLOCK)
     plane = height * width
-    live = offs < plane
-    y = offs // width
-    x = offs % width
     row = table_ptr + b * NCOL
     source = work_ptr + b * 3 * plane
-    red = tl.load(source + offs, mask=live, other=0.0)
-    green = tl.load(source + plane + offs, mask=live, other=0.0)
-    blue = tl.load(source + 2 * plane + offs, mask=live, other=0.0)
+    red, green, blue = _load_rgb(source, offs, plane, live)
     if BLUR:
         if tl.load(row + C_BLUR) > 0:
             sigma = tl.load(row + C_SIGMA)
@@ -378,17 +384,11 @@ def finish_kernel(
     BLOCK: tl.constexpr,
 ):
     """The sample's colour op, then ``shift + image * scale``, stored in ``out``'s dtype/layout."""
-    b = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    b, offs, live, y, x = _pixels(height, width, BLOCK)
     plane = height * width
-    live = offs < plane
-    y = offs // width
-    x = offs % width
     row = table_ptr + b * NCOL
     source = work_ptr + b * 3 * plane
-    red = tl.load(source + offs, mask=live, other=0.0)
-    green = tl.load(source + plane + offs, mask=live, other=0.0)
-    blue = tl.load(source + 2 * plane + offs, mask=live, other=0.0)
+    red, green, blue = _load_rgb(source, offs, plane, live)
     op = tl.load(row + C_OP)
     if HSV:
         if op == HSV_OP:

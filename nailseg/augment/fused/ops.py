@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 import triton
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nailseg.augment.fused import kernels
 from nailseg.augment.fused.clahe import clahe_lut_kernel, clahe_tiles
@@ -192,6 +193,22 @@ def fused_finish(
         GRID=grid,
         BLOCK=block,
     )
+
+
+class LaunchCounter(TorchDispatchMode):
+    """The ops the dispatcher runs inside the ``with`` block, by name (``ops``), less those that
+    launch nothing (allocations, views). One of this module's ops counts once: its kernel."""
+
+    FREE = ("empty", "empty_strided", "empty_like", "view", "as_strided", "alias", "detach")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func.name().split("::")[1].split(".")[0] not in self.FREE:
+            self.ops.append(func.name().split(".")[0])
+        return func(*args, **(kwargs or {}))
 
 
 def _range(low: float, high: float) -> tuple[float, float]:
