@@ -23,6 +23,7 @@ from nailseg.augment.fused.clahe import (  # noqa: E402
     clahe_lut_kernel,
     clahe_tiles,
 )
+from nailseg.augment.fused.kernels import _pixels  # noqa: E402  the kernels' pixel block
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK = 4096
@@ -34,12 +35,10 @@ SENTINEL = -7.0
 def _count_kernel(
     img_ptr, hist_ptr, height, width, tile_h, tile_w, GRID: tl.constexpr, BLOCK: tl.constexpr
 ):
-    sample = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < height * width
+    sample, offs, mask, y, x = _pixels(height, width, BLOCK)
     light = tl.load(img_ptr + sample * height * width + offs, mask=mask, other=0.0)
     hist = hist_ptr + sample * (GRID * GRID * 256)
-    clahe_count(hist, light, offs // width, offs % width, mask, height, width, tile_h, tile_w, GRID)
+    clahe_count(hist, light, y, x, mask, height, width, tile_h, tile_w, GRID)
 
 
 @triton.jit
@@ -54,13 +53,9 @@ def _apply_kernel(
     GRID: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    sample = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < height * width
+    sample, offs, mask, y, x = _pixels(height, width, BLOCK)
     light = tl.load(img_ptr + sample * height * width + offs, mask=mask, other=0.0)
     lut = lut_ptr + sample * (GRID * GRID * 256)
-    y = offs // width
-    x = offs % width
     out = clahe_apply(lut, light, y, x, height, width, tile_h, tile_w, GRID)
     tl.store(out_ptr + sample * height * width + offs, out, mask=mask)
 

@@ -12,7 +12,6 @@ kernels; nothing is read on the host.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -22,10 +21,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from nailseg.augment.fused import kernels
 from nailseg.augment.fused.clahe import clahe_lut_kernel, clahe_tiles
+from nailseg.augment.kornia_gpu import fused_interpreted
 from nailseg.augment.params import COLOUR_OPS, TABLE_COLUMNS
 from nailseg.augment.policy import AugPolicy
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Read once, as Triton reads it when the kernels are defined (at import).
+INTERPRET = fused_interpreted()
 _TRITON_OP = hasattr(torch.library, "triton_op") and not INTERPRET
 NAMESPACE = "nailseg"
 
@@ -41,12 +42,15 @@ def _launch(kernel: Callable) -> Callable:
     return kernel
 
 
-def _block(plane: int) -> int:
+def _per_pixel(batch: Tensor) -> tuple[tuple[int, int], int]:
+    """The launch grid and ``BLOCK`` of a kernel over ``batch``'s pixels (``(B, C, H, W)``): one
+    program per block of one sample's plane (the kernels' ``_pixels``)."""
+    count, _, height, width = batch.shape
+    plane = height * width
     # On a GPU 1024 pixels a program; the interpreter runs programs one by one in Python, so
     # there a program takes a whole (small) test image.
-    if INTERPRET:
-        return min(triton.next_power_of_2(plane), 1 << 14)
-    return 1024
+    block = min(triton.next_power_of_2(plane), 1 << 14) if INTERPRET else 1024
+    return (triton.cdiv(plane, block), count), block
 
 
 @_op("fused_params", ["table"])
@@ -79,9 +83,9 @@ def fused_warp_noise(
     noise: bool,
 ) -> None:
     """Geometry (image and mask at one source point) and noise: uint8 in, float32 out."""
-    count, _, height, width = image.shape
-    block = _block(height * width)
-    _launch(kernels.warp_noise_kernel)[(triton.cdiv(height * width, block), count)](
+    height, width = image.shape[-2:]
+    programs, block = _per_pixel(image)
+    _launch(kernels.warp_noise_kernel)[programs](
         image,
         mask,
         table,
@@ -117,9 +121,9 @@ def fused_blur(
     tile_w: int,
 ) -> None:
     """Blur where drawn; CLAHE histograms of L where CLAHE was drawn."""
-    count, _, height, width = work.shape
-    block = _block(height * width)
-    _launch(kernels.blur_kernel)[(triton.cdiv(height * width, block), count)](
+    height, width = work.shape[-2:]
+    programs, block = _per_pixel(work)
+    _launch(kernels.blur_kernel)[programs](
         work,
         table,
         out,
@@ -170,9 +174,9 @@ def fused_finish(
     tile_w: int,
 ) -> None:
     """The colour op, normalisation, the model's dtype and memory format."""
-    count, _, height, width = work.shape
-    block = _block(height * width)
-    _launch(kernels.finish_kernel)[(triton.cdiv(height * width, block), count)](
+    height, width = work.shape[-2:]
+    programs, block = _per_pixel(work)
+    _launch(kernels.finish_kernel)[programs](
         work,
         table,
         luts,
