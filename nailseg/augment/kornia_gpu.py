@@ -218,6 +218,7 @@ class KorniaAugment(AugmentBackend):
                 )
         self.select, self.engine = select, engine
         self._fused: Callable | None = None
+        self._fused_here: bool | None = None  # auto: can the fused kernels run here
         self._warned_device = False
         self.stages = self._build_stages(self.policy)
 
@@ -305,7 +306,11 @@ class KorniaAugment(AugmentBackend):
                     " (trainer.accelerator?). Use aug.engine=auto or aug.engine=reference."
                 )
             return True
-        return device.type == "cuda" and not fused_unavailable()
+        if device.type != "cuda":
+            return False
+        if self._fused_here is None:  # asked once, not at every batch
+            self._fused_here = fused_unavailable() is None
+        return self._fused_here
 
     def fused_transform(self) -> Callable:
         """The fused engine of this policy (:class:`nailseg.augment.fused.ops.FusedTransform`)."""

@@ -141,8 +141,9 @@ def stop_signal(err: BaseException) -> str | None:
     """
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    if stop.requested() is not None:
-        return stop.requested()
+    requested = stop.requested()
+    if requested is not None:
+        return requested
 
     if isinstance(err, SIGTERMException):  # Lightning's SIGTERM handler, at the next batch
         return "SIGTERM"
