@@ -28,7 +28,7 @@ from torchmetrics.functional.classification import binary_stat_scores
 from nailseg.build import instantiate_node
 from nailseg.data.datamodule import as_size
 from nailseg.errors import ConfigError, PickledCheckpointError
-from nailseg.runs.checkpoint import read_checkpoint
+from nailseg.runs.checkpoint import read_checkpoint, read_error
 from nailseg.runs.record import RUN_JSON, find_run_dir, read_config, read_run
 
 log = logging.getLogger(__name__)
@@ -123,13 +123,6 @@ def _default_checkpoint(run_dir: Path, record: dict[str, Any]) -> Path:
     )
 
 
-def _first_sentence(err: BaseException) -> str:
-    """``RuntimeError: PytorchStreamReader failed reading zip archive``; ``EOFError`` alone when
-    the exception says nothing."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0].split('. ')[0]}" if lines else type(err).__name__
-
-
 def _plain(value: Any) -> Any:
     return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
 
@@ -208,7 +201,7 @@ def load_run(
         raise
     except Exception as err:  # noqa: BLE001 - torch raises several kinds for a bad file
         raise ConfigError(
-            f"Cannot read checkpoint {ckpt} ({_first_sentence(err)}): it is truncated, damaged or"
+            f"Cannot read checkpoint {ckpt} ({read_error(err)}): it is truncated, damaged or"
             " not a checkpoint. Use a checkpoint that nailseg wrote."
         ) from err
     if not isinstance(saved, dict) or "state_dict" not in saved:

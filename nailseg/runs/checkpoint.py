@@ -116,6 +116,13 @@ class RNGStateCallback(pl.Callback):
                 torch.cuda.set_rng_state_all([s.cpu() for s in states])
 
 
+def read_error(err: BaseException) -> str:
+    """Why a checkpoint could not be read, in a few words: ``RuntimeError: PytorchStreamReader
+    failed reading zip archive``; ``EOFError`` alone when the exception says nothing."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0].split('. ')[0]}" if lines else type(err).__name__
+
+
 def read_checkpoint(path: Path | str, mmap: bool = True) -> dict[str, Any]:
     """A checkpoint's contents: tensors and plain values only (``weights_only``), memory-mapped
     (tensors are then not read until used) unless ``mmap`` is false or the file is not in

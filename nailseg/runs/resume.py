@@ -35,6 +35,7 @@ from nailseg.errors import ConfigError, PickledCheckpointError
 from nailseg.runs.checkpoint import (
     orphan_checkpoints,
     read_checkpoint,
+    read_error,
     recorded_checkpoints,
     stale_temp_files,
 )
@@ -128,11 +129,6 @@ def _moved_from(run_dir: Path, record: dict[str, Any], recorded: DictConfig) -> 
     moved = {str(p) for p in old if p and os.path.realpath(p) != str(run_dir)}
     moved |= {os.path.realpath(p) for p in moved}
     return sorted(moved, key=len, reverse=True)
-
-
-def _first_sentence(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0].split('. ')[0]}" if lines else type(err).__name__
 
 
 def _newest_readable(dirs: Sequence[Path], broken: Path) -> tuple[Path, int] | None:
@@ -283,7 +279,7 @@ def _unreadable(run_dir: Path, checkpoint: Path, err: BaseException, dirs: list[
         )
     else:
         message = (
-            f"resume={run_dir}: {short(checkpoint)} cannot be read ({_first_sentence(err)}); it"
+            f"resume={run_dir}: {short(checkpoint)} cannot be read ({read_error(err)}); it"
             " is truncated or damaged."
         )
     newest = _newest_readable([*dirs, checkpoint.parent], checkpoint)
