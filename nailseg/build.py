@@ -238,6 +238,7 @@ def build_module(
         scheduler=scheduler,
         normalization=normalization,
         channels_last=cfg.get("channels_last", "auto"),
+        classes=cfg.data.get("classes"),
     )
 
 

@@ -8,15 +8,28 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from nailseg import classes
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 PRIMARY_CONFIG = "train"
 
 
 def register_resolvers() -> None:
-    """Register ``${nailseg_root:}`` so configs can place data and runs next to the repo."""
-    if not OmegaConf.has_resolver("nailseg_root"):
-        OmegaConf.register_new_resolver("nailseg_root", lambda: str(REPO_ROOT))
+    """Register ``${nailseg_root:}`` so configs can place data and runs next to the repo, and the
+    resolvers that derive what follows from ``data.classes`` (see :mod:`nailseg.classes`)."""
+    resolvers = {
+        "nailseg_root": lambda: str(REPO_ROOT),
+        "nailseg_num_classes": classes.num_classes,
+        "nailseg_score": classes.score_metric,
+        "nailseg_loss_mode": classes.loss_mode,
+        "nailseg_checkpoint_name": classes.checkpoint_name,
+        "nailseg_folder_classes": classes.folder_classes,
+        "nailseg_synthetic_classes": classes.synthetic_classes,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def compose_config(

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("parts", ("nailseg.runs", "nailseg.data", "nailseg.model", "nailseg.augment")),
     (
         "base",
-        ("nailseg", "nailseg.config", "nailseg.config_check", "nailseg.errors")
+        ("nailseg", "nailseg.classes", "nailseg.config", "nailseg.config_check", "nailseg.errors")
         + ("nailseg.augment.policy",),
     ),
 ]

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from nailseg.augment.base import AugmentBackend, NoAugment
+from nailseg.classes import check_classes
 from nailseg.data.cache import DecodeCache, make_cache
 from nailseg.data.dataset import SegmentationDataset
 from nailseg.data.device import DeviceBatches, check_backend, check_fits, split_bytes, stack_split
@@ -120,6 +121,38 @@ def check_foreground(
             f"{ignore_index}. Set data.ignore_index=null if {ignore_index} marks foreground."
         )
     return tuple(int(v) for v in values)
+
+
+def check_palette(
+    palette: Any, classes: tuple[str, ...] | None
+) -> tuple[tuple[int, int, int], ...] | None:
+    """``data.palette``: ``None``, or one ``[r, g, b]`` colour per class of ``data.classes``."""
+    if palette is None:
+        return None
+    if classes is None:
+        raise ConfigError(
+            "data.palette maps colours to classes, but data.classes is null (binary): list the"
+            " classes in data.classes, in the palette's order, or set data.palette=null."
+        )
+    colours = list(palette) if isinstance(palette, Sequence) else []
+    good = all(
+        isinstance(c, Sequence)
+        and len(c) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
+        for c in colours
+    )
+    if not good or len(colours) != len(classes):
+        raise ConfigError(
+            f"data.palette={palette!r} is invalid: give one [r, g, b] colour (0-255) per class"
+            f" of data.classes ({len(classes)}: {', '.join(classes)}), in the same order."
+        )
+    doubled = [c for c in colours if colours.count(c) > 1]
+    if doubled:
+        raise ConfigError(
+            f"data.palette gives the colour {list(doubled[0])} to two classes: give each class"
+            " its own colour."
+        )
+    return tuple(tuple(int(v) for v in c) for c in colours)
 
 
 def auto_image_size(images: Sequence[Path], largest: int) -> tuple[int, int]:
@@ -242,6 +275,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             ``None``: the plain split.
         fold: with ``folds``, the fold that validates (``0 .. folds-1``); the others train.
         image_size_max: with ``image_size=auto``, the largest side chosen.
+        classes: ``data.classes``, the class names for multi-class data (mask value ``i`` is
+            class ``i``); ``None``: binary (:mod:`nailseg.classes`).
+        palette: ``data.palette``, the colour of each class, for colour (RGB) masks.
 
     The device is known only once a Trainer is attached, so ``cache=device`` moves the data there
     when the loaders are first requested with one (on the CPU without a Trainer).
@@ -284,6 +320,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         folds: int | None = None,
         fold: int = 0,
         image_size_max: int = 256,
+        classes: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -312,6 +350,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.mask_threshold = mask_threshold
         self.ignore_index = check_ignore_index(ignore_index)
         self.foreground = check_foreground(foreground, mask_threshold, self.ignore_index)
+        self.classes = check_classes(classes)
+        self.palette = check_palette(palette, self.classes)
+        if self.classes is not None and (foreground is not None or mask_threshold is not None):
+            key = "data.foreground" if foreground is not None else "data.mask_threshold"
+            raise ConfigError(
+                f"{key} merges mask values into one foreground (binary), but data.classes="
+                f"{list(self.classes)} asks for {len(self.classes)} classes: set {key}=null for"
+                " a multi-class run, or data.classes=null for a binary one."
+            )
         self.image_scale = check_image_scale(image_scale)
         self.on_invalid = on_invalid
         # cache=auto: ram when the decoded set fits cache_ram_share of free RAM (decided in check).
@@ -358,6 +405,8 @@ class SegmentationDataModule(pl.LightningDataModule):
                 foreground=self.foreground,
                 ignore_index=self.ignore_index,
                 image_scale=self.image_scale,
+                classes=self.classes,
+                palette=self.palette,
             )
             self.mask_rule = self.report.rule.description
             log.info(

@@ -170,14 +170,49 @@ def decode_image(image: Image.Image, image_scale: str = "max") -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(pixels, (*pixels.shape[:2], 3)))
 
 
-def mask_values(image: Image.Image) -> np.ndarray:
+class UnknownColour(DataError):
+    """A colour mask holds a colour that ``data.palette`` does not list."""
+
+
+def colour_classes(rgb: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """Colour mask ``(H, W, 3)`` to class indices ``(H, W)`` ``uint8``: colour ``palette[i]``
+    is class ``i``.
+
+    Raises:
+        UnknownColour: naming the first colour (in raster order) that the palette lacks.
+
+    Examples:
+        >>> rgb = np.array([[[0, 0, 0], [255, 0, 0]]], np.uint8)
+        >>> colour_classes(rgb, [[0, 0, 0], [255, 0, 0]]).tolist()
+        [[0, 1]]
+    """
+    codes = rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64) << 8 | rgb[..., 2]
+    table = np.array([(r << 16) | (g << 8) | b for r, g, b in palette], np.int64)
+    order = np.argsort(table)
+    found = np.searchsorted(table[order], codes).clip(max=len(table) - 1)
+    known = table[order][found] == codes
+    if not known.all():
+        y, x = np.unravel_index(np.argmin(known), known.shape)
+        colour = [int(v) for v in rgb[y, x]]
+        raise UnknownColour(
+            f"colour {colour} (at x={x}, y={y}) is not in data.palette: add it with its class,"
+            " or repaint those pixels"
+        )
+    return order[found].astype(np.uint8)
+
+
+def mask_values(image: Image.Image, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """A decoded mask's raw values ``(H, W)``: palette indices, gray levels, or for colour masks
-    the brightest channel (so a red-on-black mask works like a white-on-black one)."""
+    the brightest channel (so a red-on-black mask works like a white-on-black one); with
+    ``palette`` (``data.palette``), colour masks become class indices (:func:`colour_classes`)."""
     if image.mode in SINGLE_CHANNEL_MODES:
         values = np.asarray(image)
         # 1-bit masks decode to bool, which OpenCV cannot resize.
         return values.astype(np.uint8) if values.dtype == bool else values
-    return np.asarray(image.convert("RGB")).max(axis=2)
+    rgb = np.asarray(image.convert("RGB"))
+    if palette is not None:
+        return colour_classes(rgb, palette)
+    return rgb.max(axis=2)
 
 
 def read_image(path: Path | str, image_scale: str = "max") -> np.ndarray:
@@ -192,9 +227,13 @@ def read_mask(path: Path | str, rule: MaskRule | float | None = None) -> np.ndar
     ``rule`` is the data set's :class:`~nailseg.data.masks.MaskRule`, or a threshold (see
     :func:`binarize_mask`). See :func:`mask_values` for how channels are reduced.
     """
-    values = mask_values(upright(open_file(path)))
     if isinstance(rule, MaskRule):
-        return rule.apply(values)
+        palette = rule.palette
+        try:
+            return rule.apply(mask_values(upright(open_file(path)), palette))
+        except UnknownColour as err:
+            raise UnknownColour(f"{path}: {err}") from None
+    values = mask_values(upright(open_file(path)))
     return binarize_mask(values, rule)
 
 

@@ -27,6 +27,11 @@ foreground): a binary model trained on merged classes is too easy to get by acci
 
 Deciding per data set instead of per mask matters: a nearly empty JPEG mask whose largest value
 is 1 would otherwise count as an index mask and turn its noise into foreground.
+
+**Multi-class** (``data.classes``, see :mod:`nailseg.classes`): mask value ``i`` is class ``i``
+and the masks are kept as they are, void included; a value outside the classes stops the data
+check. Palette PNGs map by index; colour masks through ``data.palette``
+(:func:`nailseg.data.io.mask_values`).
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class MaskStats:
     values: tuple[float, ...]
     # Share of pixels with a label value 1..LABEL_MAX (void excluded).
     label_fraction: float = 0.0
+    # The pixels holding each of ``values`` (when they were kept).
+    counts: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, values: np.ndarray, ignore_index: int | None = None) -> MaskStats:
@@ -102,8 +109,9 @@ class MaskStats:
         mid = float(counts[(present >= MID_BAND[0]) & (present <= MID_BAND[1])].sum()) / total
         few = max_kept <= LABEL_MAX or len(present) <= FEW_VALUES
         small = tuple(float(v) for v in present) if few else ()
+        pixels = tuple(int(c) for c in counts) if few else ()
         labels = float(counts[kept & (present >= 1) & (present <= LABEL_MAX)].sum()) / total
-        return cls(max_value, max_kept, void, mid, small, labels)
+        return cls(max_value, max_kept, void, mid, small, labels, pixels)
 
     def top(self, void: bool) -> float:
         """The largest value that can be foreground: void excluded when ``void``."""
@@ -135,7 +143,9 @@ class MaskRule:
         ignore_index: the void value: pixels holding it keep it in the binary mask, and the
             losses and metrics leave them out. ``None``: no void (8-bit masks, or none found).
         index_set: the data set holds index masks (else 8-bit masks).
-        source: ``auto``, ``data.mask_threshold`` or ``data.foreground``.
+        source: ``auto``, ``data.mask_threshold``, ``data.foreground`` or ``data.classes``.
+        classes: multi-class (``data.classes``): the class names; masks keep their values.
+        palette: the colour of each class (``data.palette``), for colour masks.
     """
 
     threshold: float
@@ -144,6 +154,8 @@ class MaskRule:
     ignore_index: int | None = None
     index_set: bool = True
     source: str = "auto"
+    classes: tuple[str, ...] | None = None
+    palette: tuple[tuple[int, int, int], ...] | None = None
 
     @classmethod
     def from_threshold(cls, threshold: float) -> MaskRule:
@@ -152,7 +164,12 @@ class MaskRule:
 
     @property
     def key(self) -> str:
-        """What a cached binary mask depends on."""
+        """What a cached mask depends on."""
+        if self.classes is not None:
+            key = f"classes={len(self.classes)}"
+            if self.palette is not None:
+                key += f"|palette={[list(c) for c in self.palette]}"
+            return key + (f"|void={self.ignore_index}" if self.ignore_index is not None else "")
         key = f"{self.threshold:g}"
         if self.foreground is not None:
             key += f"|foreground={list(self.foreground)}"
@@ -171,6 +188,8 @@ class MaskRule:
             >>> MaskRule(127.0, "gray > 127", index_set=False).apply(np.array([[0, 255]])).tolist()
             [[0, 1]]
         """
+        if self.classes is not None:  # class indices, void included, as they are
+            return values.astype(np.uint8)
         if self.foreground is not None:
             binary = np.isin(values, self.foreground).astype(np.uint8)
         else:
@@ -184,7 +203,10 @@ class MaskRule:
         return self.ignore_index is not None
 
     def has_foreground(self, stats: MaskStats) -> bool:
-        """Whether a mask with ``stats`` has any foreground pixel under this rule."""
+        """Whether a mask with ``stats`` has any foreground pixel under this rule (multi-class:
+        any class but class 0)."""
+        if self.classes is not None:
+            return stats.max_kept > 0
         if self.foreground is not None:
             labels = stats.labels(self.ignore_index)
             return not labels or any(v in self.foreground for v in labels)
@@ -192,6 +214,8 @@ class MaskRule:
 
     def unexpected(self, stats: MaskStats) -> str | None:
         """Why this mask's values do not fit the rule, or ``None`` when they do."""
+        if self.classes is not None:
+            return self._outside_classes(stats)
         kind = stats.kind(self.index_set, self.void)
         if kind == "labels" and self.source == "auto":
             void = f" ({self.ignore_index:g} = void)" if self.void else ""
@@ -229,6 +253,24 @@ class MaskRule:
             )
         return None
 
+    def _outside_classes(self, stats: MaskStats) -> str | None:
+        n = len(self.classes)
+        if stats.max_kept < n:
+            return None
+        labels = stats.labels(self.ignore_index)
+        outside = format_values([v for v in labels if v >= n]) if labels else "up to"
+        top = "" if labels else f" {stats.max_kept:g}"
+        void = (
+            f" (data.ignore_index={self.ignore_index} is void)"
+            if self.ignore_index is not None
+            else ""
+        )
+        return (
+            f"values {outside}{top} are outside the {n} classes of data.classes (0 to {n - 1})"
+            f"{void}. List every class in data.classes, or set data.ignore_index to the value"
+            " that marks void"
+        )
+
 
 def _voc_like(stats: MaskStats) -> bool:
     """Labels 1, 2, ... on a good share of the pixels, plus the value 255 and nothing else."""
@@ -251,12 +293,26 @@ def choose_rule(
     threshold: float | None = None,
     foreground: Sequence[float] | None = None,
     ignore_index: int | None = None,
+    classes: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
 ) -> MaskRule:
     """The one rule for a data set whose masks have ``stats`` (see the module docstring).
 
     ``stats`` must have been computed with the same ``ignore_index``.
     """
     has_void = ignore_index is not None and any(s.void_fraction > 0 for s in stats)
+    if classes is not None:
+        void = ignore_index if has_void else None
+        names = ", ".join(classes)
+        return MaskRule(
+            0.0,
+            f"class = mask value, {len(classes)} classes: {names} (data.classes)"
+            + _void_clause(void),
+            ignore_index=void,
+            source="data.classes",
+            classes=tuple(classes),
+            palette=None if palette is None else tuple(tuple(int(v) for v in c) for c in palette),
+        )
     eight_bit = any(s.max_kept > LABEL_MAX for s in stats) or (
         # Void needs a mask that holds labels and the void value together (the VOC signature);
         # otherwise the value belongs to plain 0/255 masks (and a 0/1 mask among them is wrong).

@@ -13,6 +13,14 @@ and noise. Sample ``i`` is drawn from its own generator seeded by ``(seed, i)``,
 deterministic and any sample can be redrawn alone. The set is cached under a folder named after
 its parameters and regenerated only when those change.
 
+Masks come in one of two schemes, chosen by ``classes`` (:data:`CLASS_NAMES`):
+
+- ``classes=2`` (the default): binary masks, 0 = background and 255 = nail.
+- ``classes=3``: class-index masks, 0 = background, 1 = skin (finger, palm and wrist wherever
+  visible, the nail fold included) and 2 = nail. Nail wins over skin where they overlap, and a
+  finger drawn over a nail hides it (its skin shows there), exactly as in the binary masks: the
+  nail pixels (2) are the binary set's foreground, and the images are the same for the same seed.
+
 This module draws the set; :class:`~nailseg.data.sources.synthetic.SyntheticSource`
 (``data=synthetic``) reads it.
 """
@@ -27,17 +35,25 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from numbers import Integral
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from nailseg.classes import SYNTHETIC_CLASSES
+from nailseg.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Bump when the drawing code changes, so cached sets made by older code are not reused.
 GENERATOR_VERSION = 2
 GROUPS = ("1", "2", "3", "4")
+
+# The mask schemes the set can be drawn in: number of classes -> class names (index = mask value).
+# ``None`` for 2: binary masks (0 = background, 255 = nail), read as the usual background/nail.
+CLASS_NAMES = SYNTHETIC_CLASSES  # the one list, in the base layer (config resolvers read it)
 
 # Base skin tones (RGB), from light to dark; each sample jitters one of them.
 SKIN_TONES = np.array(
@@ -76,12 +92,40 @@ class SyntheticParams:
     image_size: int
     seed: int
     version: int = GENERATOR_VERSION
+    classes: int = 2
 
     def folder_name(self) -> str:
-        return f"v{self.version}-n{self.count}-s{self.image_size}-seed{self.seed}"
+        # Binary sets keep the name (and stamp) they had before ``classes`` existed, so sets
+        # already cached are reused.
+        name = f"v{self.version}-n{self.count}-s{self.image_size}-seed{self.seed}"
+        return name if self.classes == 2 else f"{name}-c{self.classes}"
+
+    def stamp(self) -> dict[str, int]:
+        """What ``params.json`` holds: the fields, less ``classes`` when it is 2."""
+        fields = asdict(self)
+        if self.classes == 2:
+            del fields["classes"]
+        return fields
 
 
-def generate_dataset(root: Path | str, count: int, image_size: int, seed: int) -> Path:
+def check_classes(classes: object) -> int:
+    """Return ``classes`` if the set can be drawn with that many classes, else raise
+    :class:`~nailseg.errors.ConfigError`."""
+    if not isinstance(classes, Integral) or isinstance(classes, bool) or classes not in CLASS_NAMES:
+        choices = " or ".join(
+            f"{n} ({', '.join(names or ('background', 'nail'))})"
+            for n, names in CLASS_NAMES.items()
+        )
+        raise ConfigError(
+            f"data.source.classes={classes!r} is invalid: the synthetic set draws {choices}"
+            " classes."
+        )
+    return int(classes)
+
+
+def generate_dataset(
+    root: Path | str, count: int, image_size: int, seed: int, classes: int = 2
+) -> Path:
     """Generate (or reuse) the synthetic set and return its folder.
 
     Safe for concurrent runs: one process draws the set into a temporary sibling and renames it
@@ -94,8 +138,16 @@ def generate_dataset(root: Path | str, count: int, image_size: int, seed: int) -
         count: number of image/mask pairs, spread evenly over the four groups.
         image_size: side of the square images in pixels.
         seed: base seed; the same seed always gives the same pixels.
+        classes: 2 for binary masks (0/255), 3 for class-index masks (0 background, 1 skin,
+            2 nail); the images are the same either way. Anything else raises
+            :class:`~nailseg.errors.ConfigError`.
     """
-    params = SyntheticParams(count=int(count), image_size=int(image_size), seed=int(seed))
+    params = SyntheticParams(
+        count=int(count),
+        image_size=int(image_size),
+        seed=int(seed),
+        classes=check_classes(classes),
+    )
     target = Path(root) / params.folder_name()
     if _is_complete(target, params):
         return target
@@ -124,7 +176,7 @@ def generate_dataset(root: Path | str, count: int, image_size: int, seed: int) -
 def _is_complete(target: Path, params: SyntheticParams) -> bool:
     """Whether ``target`` holds a finished set of ``params`` (its stamp is written last)."""
     try:
-        return json.loads((target / "params.json").read_text()) == asdict(params)
+        return json.loads((target / "params.json").read_text()) == params.stamp()
     except (OSError, ValueError):
         return False
 
@@ -149,21 +201,29 @@ def _draw_into(folder: Path, params: SyntheticParams, name: str) -> None:
     """Draw every sample into ``folder``; its ``params.json`` stamp last."""
     for index in tqdm(range(params.count), desc=f"generating synthetic nails ({name})"):
         group = GROUPS[index % len(GROUPS)]
-        image, mask = draw_sample(params.seed, index, params.image_size, group)
+        image, mask = draw_sample(params.seed, index, params.image_size, group, params.classes)
         file_name = f"{index:05d}.png"
         for sub, array in (
             ("Images", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)),
-            ("Masks", mask * 255),
+            # Binary masks are written 0/255; class-index masks hold the class values themselves.
+            ("Masks", mask * 255 if params.classes == 2 else mask),
         ):
             sub_folder = folder / sub / group
             sub_folder.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(sub_folder / file_name), array):
                 raise OSError(f"Cannot write {sub_folder / file_name}.")
-    (folder / "params.json").write_text(json.dumps(asdict(params), indent=2))
+    (folder / "params.json").write_text(json.dumps(params.stamp(), indent=2))
 
 
-def draw_sample(seed: int, index: int, size: int, group: str) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one RGB ``uint8`` image and its ``{0, 1}`` mask for ``group``."""
+def draw_sample(
+    seed: int, index: int, size: int, group: str, classes: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one RGB ``uint8`` image and its ``uint8`` mask for ``group``.
+
+    The mask is ``{0, 1}`` (background, nail) for ``classes=2`` and ``{0, 1, 2}`` (background,
+    skin, nail) for ``classes=3``; the image does not depend on ``classes``.
+    """
+    classes = check_classes(classes)
     rng = np.random.default_rng([seed, index])
     canvas = _Canvas(size, rng)
     skin = _jitter(SKIN_TONES[rng.integers(len(SKIN_TONES))], rng, 12)
@@ -213,7 +273,7 @@ def draw_sample(seed: int, index: int, size: int, group: str) -> tuple[np.ndarra
                     width,
                     skin,
                 )
-    return canvas.finish()
+    return canvas.finish(classes)
 
 
 def _direction(angle: float) -> np.ndarray:
@@ -234,12 +294,14 @@ def _pt(point: np.ndarray) -> tuple[int, int]:
 
 
 class _Canvas:
-    """An RGB float image and its mask; later strokes occlude earlier nails in both."""
+    """An RGB float image, its nail mask and its skin mask; later strokes occlude earlier nails
+    in all three. The skin mask never draws from ``rng``, so the image does not depend on it."""
 
     def __init__(self, size: int, rng: np.random.Generator) -> None:
         self.size, self.rng = size, rng
         self.image = self._background()
         self.mask = np.zeros((size, size), np.uint8)
+        self.skin = np.zeros((size, size), np.uint8)
 
     def _background(self) -> np.ndarray:
         rng, size = self.rng, self.size
@@ -278,6 +340,7 @@ class _Canvas:
         cv2.line(body, _pt(base), _pt(tip - direction * width / 2), 1, max(1, int(width)), shift=4)
         cv2.circle(body, _pt(tip - direction * width / 2), int(width / 2 * 16), 1, -1, shift=4)
         self.mask[body > 0] = 0
+        self.skin[body > 0] = 1
         shade = (skin * rng.uniform(0.75, 0.9)).tolist()
         cv2.line(
             self.image,
@@ -354,6 +417,7 @@ class _Canvas:
             cv2.LINE_AA,
             shift=4,
         )
+        cv2.ellipse(self.skin, _pt(centre), fold, angle_deg, 0, 360, 1, -1, shift=4)
         # Squarer or more oval nails: an ellipse, optionally cut flat at the cuticle.
         cv2.ellipse(nail_mask, (_pt(centre)), axes, angle_deg, 0, 360, 1, -1, shift=4)
         cv2.ellipse(
@@ -419,6 +483,17 @@ class _Canvas:
             cv2.LINE_AA,
             shift=4,
         )
+        cv2.ellipse(
+            self.skin,
+            _pt(centre - direction * palm * 0.3),
+            axes,
+            float(np.degrees(angle)),
+            0,
+            360,
+            1,
+            -1,
+            shift=4,
+        )
         wrist = centre - direction * palm * 1.4
         cv2.line(
             self.image,
@@ -427,6 +502,14 @@ class _Canvas:
             shade,
             int(palm * 0.75),
             cv2.LINE_AA,
+            shift=4,
+        )
+        cv2.line(
+            self.skin,
+            _pt(centre - direction * palm * 0.3),
+            _pt(wrist),
+            1,
+            int(palm * 0.75),
             shift=4,
         )
         side = 1 if rng.random() < 0.5 else -1
@@ -446,8 +529,12 @@ class _Canvas:
             root + _direction(thumb_angle) * length, thumb_angle, length, width * 1.15, skin
         )
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """Apply lighting, blur and noise to the image (never the mask) and quantise."""
+    def finish(self, classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        """Apply lighting, blur and noise to the image (never the mask) and quantise.
+
+        The mask is the nail mask (``{0, 1}``) for ``classes=2``; for ``classes=3`` it is the
+        skin mask with the nails on top (0 background, 1 skin, 2 nail).
+        """
         rng, size = self.rng, self.size
         image = self.image
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -460,4 +547,9 @@ class _Canvas:
         if rng.random() < 0.5:
             image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.6))
         image = image + rng.normal(0, rng.uniform(0, 7), image.shape)
-        return np.clip(image, 0, 255).astype(np.uint8), self.mask.copy()
+        image = np.clip(image, 0, 255).astype(np.uint8)
+        if classes == 2:
+            return image, self.mask.copy()
+        labels = self.skin.copy()
+        labels[self.mask > 0] = 2
+        return image, labels

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from nailseg.data.cache import DecodeCache, cache_key, decoding_rule
 from nailseg.data.io import (
+    UnknownColour,
     check_image_scale,
     decode_image,
     mask_values,
@@ -150,6 +151,7 @@ def _decode(
     image_size: Sequence[int] | None,
     ignore_index: int | None = None,
     image_scale: str = "max",
+    palette: Sequence[Sequence[int]] | None = None,
 ) -> _Decoded:
     result = _Decoded(pair)
     try:
@@ -169,7 +171,12 @@ def _decode(
         result.warnings["EXIF orientation differs"] = (
             f"{pair.image} has EXIF orientation {tags[0]}, its mask {pair.mask} has {tags[1]}"
         )
-    image, values = decode_image(raw_image, image_scale), mask_values(upright(raw_mask))
+    image = decode_image(raw_image, image_scale)
+    try:
+        values = mask_values(upright(raw_mask), palette)
+    except UnknownColour as err:
+        result.problems["unexpected mask values"] = f"{pair.mask}: {err}"
+        return result
     result.bits = stored_bits(raw_image)
     # Under "max", 16-bit values up to 4095 (12-bit data) come out at 16 or less.
     if result.bits > 8 and image_scale == "max" and image.max(initial=0) <= 16:
@@ -204,6 +211,8 @@ def check_pairs(
     foreground: Sequence[float] | None = None,
     ignore_index: int | None = None,
     image_scale: str = "max",
+    classes: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
 ) -> DataReport:
     """Decode every pair once, choose the mask rule and report what is wrong.
 
@@ -219,6 +228,8 @@ def check_pairs(
             threshold).
         ignore_index: ``data.ignore_index``, the void value of index masks (``None``: no void).
         image_scale: ``data.image_scale``, how 16-bit images become 8-bit.
+        classes: ``data.classes``: multi-class, mask value ``i`` is class ``i``.
+        palette: ``data.palette``: the colour of each class, for colour masks.
 
     Raises:
         DataError: on problems with ``on_invalid=error``, when no pair is left, or when every
@@ -232,7 +243,9 @@ def check_pairs(
     keep_arrays = cache is not None and cache.kind != "none" and image_size is not None
     workers = workers or min(4, os.cpu_count() or 1)
     size = image_size if keep_arrays else None
-    decode: Callable[[Pair], _Decoded] = lambda p: _decode(p, size, ignore_index, image_scale)  # noqa: E731
+    decode: Callable[[Pair], _Decoded] = lambda p: _decode(  # noqa: E731
+        p, size, ignore_index, image_scale, palette
+    )
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Decoding every file is the long phase of the check on a large data set.
         progress = tqdm(pool.map(decode, scan.pairs), total=len(scan.pairs), desc="checking data")
@@ -244,7 +257,11 @@ def check_pairs(
     problems["masks without images"] = [str(p) for p in scan.masks_without_images]
     readable = [d for d in decoded if d.stats is not None]
     stats = [d.stats for d in readable]
-    rule = choose_rule(stats, mask_threshold, foreground, ignore_index) if readable else None
+    rule = (
+        choose_rule(stats, mask_threshold, foreground, ignore_index, classes, palette)
+        if readable
+        else None
+    )
     for item in decoded:
         if item.stats is not None and rule is not None:
             why = rule.unexpected(item.stats)

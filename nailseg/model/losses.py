@@ -136,6 +136,54 @@ class SymmetricLovaszLoss(nn.Module):
         )
 
 
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """torch's cross-entropy over the classes; ``ignore_index=None`` (no void value,
+    ``data.ignore_index=null``) leaves nothing out instead of failing."""
+
+    def __init__(self, ignore_index: int | None = None, **kwargs: Any) -> None:
+        super().__init__(ignore_index=-100 if ignore_index is None else ignore_index, **kwargs)
+
+
+# The losses that model one foreground logit: they cannot train a multi-class network.
+_BINARY_ONLY = (SoftBCEWithLogitsLoss, smp_losses.SoftBCEWithLogitsLoss, nn.BCEWithLogitsLoss)
+_MULTICLASS_ONLY = (nn.CrossEntropyLoss, smp_losses.SoftCrossEntropyLoss)
+
+
+def loss_modes(loss: nn.Module) -> set[str]:
+    """The modes a loss (or each part of a :class:`WeightedSum`) works in: ``binary``,
+    ``multiclass``, or both when it does not say (a loss of the user's own)."""
+    if isinstance(loss, WeightedSum):
+        parts = [loss_modes(part) for part in loss.losses.values()]
+        return set.intersection(*parts) if parts else {"binary", "multiclass"}
+    if isinstance(loss, (*_BINARY_ONLY, SymmetricLovaszLoss)):
+        return {"binary"}
+    if isinstance(loss, _MULTICLASS_ONLY):
+        return {"multiclass"}
+    mode = getattr(loss, "mode", None)
+    if mode in ("binary", "multiclass", "multilabel"):
+        return {mode}
+    return {"binary", "multiclass"}
+
+
+def check_loss_mode(loss: nn.Module, classes: tuple[str, ...] | None) -> None:
+    """A loss that cannot train this data's network is a one-line :class:`ConfigError`."""
+    mode = "binary" if classes is None else "multiclass"
+    if mode in loss_modes(loss):
+        return
+    name = type(loss).__name__
+    if mode == "multiclass":
+        raise ConfigError(
+            f"The loss {name} is binary-only, but the data has {len(classes)} classes"
+            f" (data.classes={list(classes)}). Use a multi-class loss: loss=ce_dice, ce, dice,"
+            " focal or lovasz."
+        )
+    raise ConfigError(
+        f"The loss {name} is for multi-class data, but the data is binary (data.classes=null)."
+        " Use loss=bce_dice, bce, dice, focal, lovasz or lovasz_symmetric, or list the classes"
+        " in data.classes."
+    )
+
+
 class WeightedSum(nn.Module):
     """``sum(weight[name] * loss[name](logits, target))``, e.g. BCE + Dice.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nailseg.data.sources.base import PairSource, Scan
 from nailseg.data.sources.folder import GroupedFolderSource
-from nailseg.data.synthetic import generate_dataset
+from nailseg.data.synthetic import check_classes, generate_dataset
 
 
 class SyntheticSource(PairSource):
@@ -19,11 +19,17 @@ class SyntheticSource(PairSource):
         count: number of image/mask pairs.
         image_size: side of the square images in pixels.
         seed: drawing seed.
+        classes: 2 for binary masks (0 background, 255 nail); 3 for class-index masks
+            (0 background, 1 skin, 2 nail) over the same images. Anything else raises
+            :class:`~nailseg.errors.ConfigError`.
     """
 
-    def __init__(self, root: str | Path, count: int, image_size: int, seed: int) -> None:
+    def __init__(
+        self, root: str | Path, count: int, image_size: int, seed: int, classes: int = 2
+    ) -> None:
         self.root, self.count, self.image_size, self.seed = Path(root), count, image_size, seed
+        self.classes = check_classes(classes)
 
     def scan(self) -> Scan:
-        folder = generate_dataset(self.root, self.count, self.image_size, self.seed)
+        folder = generate_dataset(self.root, self.count, self.image_size, self.seed, self.classes)
         return GroupedFolderSource(folder).scan()
