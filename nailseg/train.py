@@ -79,6 +79,8 @@ def _run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
         stop.enter("fit")
         session.check_data(datamodule.fingerprint())
         session.record.update(normalization=augment.normalization)
+        if module.classes is not None:  # the class names, so a record says what each index is
+            session.record.update(classes=list(module.classes))
         trainer = session.attach(build_trainer(cfg, session.resume))
         with session.keep_logs():
             trainer.fit(module, datamodule=datamodule, ckpt_path=session.ckpt_path)
@@ -96,7 +98,11 @@ def _run(cfg: DictConfig, **record_extra: Any) -> dict[str, Any]:
         stop.check()  # the work is done, but the user asked to stop: interrupted, not completed
         # A search's pruning callback (nailseg.runs.pruning) stops a hopeless trial early.
         pruned = any(getattr(callback, "pruned", False) for callback in trainer.callbacks)
-        session.complete(metrics, status="pruned" if pruned else "completed")
+        session.complete(
+            metrics,
+            status="pruned" if pruned else "completed",
+            confusion=module.confusion.get("val"),
+        )
     return session.record.data
 
 

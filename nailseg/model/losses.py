@@ -171,6 +171,9 @@ def check_loss_mode(loss: nn.Module, classes: tuple[str, ...] | None) -> None:
     if mode in loss_modes(loss):
         return
     name = type(loss).__name__
+    if isinstance(loss, WeightedSum):  # name the part that cannot
+        part = next(k for k, v in loss.losses.items() if mode not in loss_modes(v))
+        name = f"{name}'s loss.losses.{part} ({type(loss.losses[part]).__name__})"
     if mode == "multiclass":
         raise ConfigError(
             f"The loss {name} is binary-only, but the data has {len(classes)} classes"

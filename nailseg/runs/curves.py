@@ -2,7 +2,8 @@
 
 Lightning's ``CSVLogger`` writes ``csv/metrics.csv`` with one row per logging call: step rows
 (``train/loss_step``, the learning rate) and epoch rows (``train/loss``, ``val/loss``,
-``val/iou``, ``val/dice``), each leaving the other columns empty. :func:`write_curves` keeps the
+``val/iou``, ``val/dice``; ``val/miou``, ``val/mdice`` for multi-class runs), each leaving the other
+columns empty. :func:`write_curves` keeps the
 epoch-level values, one per epoch (the last one logged, so a resumed run's repeats count once).
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("train/loss", "val/loss")
-SCORES = ("val/iou", "val/dice")
+SCORES = ("val/iou", "val/dice", "val/miou", "val/mdice")  # binary, then multi-class runs
+CONFUSION_PNG = "confusion.png"
 
 
 def read_metrics_csv(path: Path) -> tuple[list[dict[str, str]], int]:
@@ -101,6 +104,43 @@ def write_curves(run_dir: Path | str) -> Path | None:
     score_ax.set_ylim(0, 1)
     fig.suptitle(run_dir.name)
     out = run_dir / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def write_confusion(
+    run_dir: Path | str, confusion: Sequence[Sequence[float]], classes: Sequence[str]
+) -> Path | None:
+    """Draw a multi-class run's normalised confusion matrix into ``RUN_DIR/confusion.png``: each
+    row (a true class) divided by its pixels, so the diagonal is each class's recall; the pixel
+    counts are in ``run.json`` (``confusion``). ``None`` when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("No %s: matplotlib is not installed (pip install matplotlib)", CONFUSION_PNG)
+        return None
+    counts = [[float(v) for v in row] for row in confusion]
+    shares = [[v / sum(row) if sum(row) else 0.0 for v in row] for row in counts]
+    n = len(classes)
+    side = min(max(4.0, 0.45 * n + 2), 14.0)
+    fig, ax = plt.subplots(figsize=(side + 1, side), constrained_layout=True)
+    image = ax.imshow(shares, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 25:  # the shares stay legible
+        for i, row in enumerate(shares):
+            for j, value in enumerate(row):
+                colour = "white" if value > 0.5 else "black"
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=colour)
+    fig.colorbar(image, ax=ax, label="share of the true class's pixels")
+    ax.set_title(f"{Path(run_dir).name}: validation confusion (last epoch)", fontsize=9)
+    out = Path(run_dir) / CONFUSION_PNG
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nailseg.errors import RunInterrupted
 from nailseg.runs import lock as run_lock
 from nailseg.runs import stop
-from nailseg.runs.curves import write_curves
+from nailseg.runs.curves import write_confusion, write_curves
 from nailseg.runs.record import RunRecord, is_rank_zero, read_run, write_config
 from nailseg.runs.resume import (
     Resume,
@@ -374,10 +375,20 @@ class RunSession:
             raise RuntimeError("RunSession.keep_logs() needs the trainer: attach() it first")
         return keep_csv_logs(self.trainer, self.resume)
 
-    def complete(self, metrics: dict[str, float], status: str = "completed", **fields: Any) -> None:
+    def complete(
+        self,
+        metrics: dict[str, float],
+        status: str = "completed",
+        confusion: Sequence[Sequence[int]] | None = None,
+        **fields: Any,
+    ) -> None:
         """Record the run as ended well (``completed``, or e.g. ``pruned`` by a search) with its
-        final metrics and checkpoints."""
+        final metrics and checkpoints; a multi-class run also with its last validation
+        ``confusion`` matrix (pixel counts, rows: true class), drawn into ``confusion.png``."""
         trainer = self.trainer
+        classes = (self.cfg.get("data") or {}).get("classes")
+        if confusion is not None and classes:
+            fields["confusion"] = [[int(v) for v in row] for row in confusion]
         self.record.finish(
             status,
             metrics=metrics,
@@ -387,11 +398,16 @@ class RunSession:
         )
         if is_rank_zero():
             write_curves(self.run_dir)  # curves.png: losses, IoU and Dice per epoch
+            if "confusion" in fields:
+                write_confusion(self.run_dir, fields["confusion"], list(classes))
+        iou, dice = ("val/miou", "val/mdice") if classes else ("val/iou", "val/dice")
         log.info(
-            "Done in %.0f s: val/iou=%.4f val/dice=%.4f val/loss=%.4f. Run dir: %s",
+            "Done in %.0f s: %s=%.4f %s=%.4f val/loss=%.4f. Run dir: %s",
             self.record.data["duration_s"],
-            metrics.get("val/iou", float("nan")),
-            metrics.get("val/dice", float("nan")),
+            iou,
+            metrics.get(iou, float("nan")),
+            dice,
+            metrics.get(dice, float("nan")),
             metrics.get("val/loss", float("nan")),
             self.run_dir,
         )

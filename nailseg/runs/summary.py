@@ -17,7 +17,8 @@ Columns: ``job``, one column per swept key (the overrides that differ between jo
 ``run.json``, ``bad record`` when it is empty or damaged), ``error`` (its first line, or what is
 wrong with the record), ``duration_s``, ``epochs`` (epochs with a training loss in
 ``csv/metrics.csv``), ``train_images_per_s``, ``final`` and ``best`` ``val/iou``, ``val/dice``,
-``val/loss`` (best over the epochs of ``csv/metrics.csv``: highest IoU/Dice, lowest loss),
+``val/loss`` (best over the epochs of ``csv/metrics.csv``: highest IoU/Dice, lowest loss; a sweep
+of multi-class runs shows ``val/miou`` and ``val/mdice`` instead of IoU and Dice),
 ``run_dir``, ``best_checkpoint`` and ``best`` (``*`` on the best row).
 
 ``train_images_per_s`` = training images per epoch x epochs / seconds, where images per epoch
@@ -54,7 +55,15 @@ log = logging.getLogger(__name__)
 SUMMARY_CSV, SUMMARY_MD, SUMMARY_PNG = "summary.csv", "summary.md", "summary.png"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 METRICS = ("val/iou", "val/dice", "val/loss")
+# A multi-class run's (data.classes) in place of val/iou and val/dice.
+MULTICLASS_METRICS = ("val/miou", "val/mdice", "val/loss")
 DEFAULT_METRIC = "val/iou"
+
+
+def metrics_of(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The metric columns of a sweep: the multi-class ones when any job logged ``val/miou``."""
+    multiclass = any(row.get("final val/miou") is not None for row in rows)
+    return MULTICLASS_METRICS if multiclass else METRICS
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -103,7 +112,8 @@ def epoch_metrics(run_dir: Path) -> dict[str, list[float]]:
     """Per-epoch values of the train loss and the validation metrics from ``csv/metrics.csv``
     (Lightning's CSVLogger writes one row per logging call; the epoch rows hold these)."""
     path = run_dir / "csv" / "metrics.csv"
-    values: dict[str, list[float]] = {k: [] for k in (*METRICS, "train/loss")}
+    names = dict.fromkeys((*METRICS, *MULTICLASS_METRICS, "train/loss"))
+    values: dict[str, list[float]] = {k: [] for k in names}
     if not path.is_file():
         return values
     for row in read_metrics_csv(path)[0]:
@@ -204,7 +214,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         if per_epoch and n_epochs and seconds
         else None,
     )
-    for key in METRICS:
+    for key in dict.fromkeys((*METRICS, *MULTICLASS_METRICS)):
         seen = epochs[key]
         final = _number(recorded.get(key))
         row[f"final {key}"] = final if final is not None else (seen[-1] if seen else None)
@@ -247,7 +257,7 @@ def summary_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str], str]
     return rows, keys, metric
 
 
-def columns(keys: Sequence[str]) -> list[str]:
+def columns(keys: Sequence[str], metrics: Sequence[str] = METRICS) -> list[str]:
     return [
         "job",
         *keys,
@@ -256,7 +266,7 @@ def columns(keys: Sequence[str]) -> list[str]:
         "duration_s",
         "epochs",
         "train_images_per_s",
-        *(f"{kind} {m}" for m in METRICS for kind in ("final", "best")),
+        *(f"{kind} {m}" for m in metrics for kind in ("final", "best")),
         "run_dir",
         "best_checkpoint",
         "best",
@@ -280,7 +290,11 @@ def _atomic_write(path: Path, text: str) -> None:
 def markdown(rows: list[dict[str, Any]], keys: Sequence[str], metric: str, sweep: Path) -> str:
     """A Markdown table of the rows (pandas' ``to_markdown`` needs ``tabulate``, which nailseg
     does not depend on; a pipe table is a join)."""
-    shown = [c for c in columns(keys) if c not in ("run_dir", "best_checkpoint", "best")]
+    shown = [
+        c
+        for c in columns(keys, metrics_of(rows))
+        if c not in ("run_dir", "best_checkpoint", "best")
+    ]
     head = [f"# Multirun {sweep}", "", f"Sorted by `{metric}` (final value); ** marks the best."]
     lines = [*head, "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
@@ -320,7 +334,7 @@ def fold_stats(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict
     stats = []
     for config, members in groups.items():
         entry: dict[str, Any] = {**dict(zip(others, config, strict=True)), "folds": len(members)}
-        for metric in METRICS:
+        for metric in metrics_of(rows):
             values = [
                 v for v in (_number(m.get(f"final {metric}")) for m in members) if v is not None
             ]
@@ -341,12 +355,13 @@ def fold_markdown(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[s
     if not stats:
         return []
     others = [k for k in keys if k != FOLD_KEY]
-    shown = [*others, "folds", *(f"{m} (mean ± std)" for m in METRICS)]
+    metrics = metrics_of(rows)
+    shown = [*others, "folds", *(f"{m} (mean ± std)" for m in metrics)]
     lines = ["", f"Cross-validation over `{FOLD_KEY}` (completed folds):", ""]
     lines += ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for entry in stats:
         cells = [str(entry[k]) for k in others] + [str(entry["folds"])]
-        for metric in METRICS:
+        for metric in metrics:
             mean, spread = entry[f"{metric} mean"], entry[f"{metric} std"]
             cells.append(
                 "-" if mean is None else f"{mean:.4f} ± {spread:.4f}" if spread else f"{mean:.4f}"
@@ -380,7 +395,7 @@ def plot(rows: list[dict[str, Any]], keys: Sequence[str], metric: str, path: Pat
                 continue
             group = " ".join(f"{k}={row[k]}" for k in keys[:-1])
             x = groups.index(group) + (h - (len(hues) - 1) / 2) * width
-            y = row.get(f"final {metric}") if metric in METRICS else row.get("_value")
+            y = row.get(f"final {metric}") if metric in metrics_of(rows) else row.get("_value")
             xs.append(x)
             ys.append(y if y is not None else 0.0)
             labels.append(f"#{row['job']}" if y is not None else f"#{row['job']} {row['status']}")
@@ -407,7 +422,7 @@ def write_summary(sweep_dir: Path | str) -> Path:
     if not sweep.is_dir():
         raise ConfigError(f"Sweep dir {sweep_dir} does not exist. Pass a runs/multirun/DATE/TIME.")
     rows, keys, metric = summary_rows(sweep)
-    header = columns(keys)
+    header = columns(keys, metrics_of(rows))
     out = sweep / SUMMARY_CSV
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     with tmp.open("w", newline="") as f:
