@@ -3,7 +3,7 @@
 Shape contract (checked at the boundaries, written once here):
 
 - In DataLoader workers a backend receives one decoded, resized sample: image ``uint8``
-  ``(H, W, 3)`` and mask ``uint8`` ``(H, W)`` in ``{0, 1}`` (or the void value
+  ``(H, W, 3)`` and mask ``uint8`` ``(H, W)`` in ``{0, 1}`` or class indices (and the void value
   ``data.ignore_index``, which masks keep through every transform), plus the sample's seed.
 - On the device it receives the batch as the workers returned it (``uint8`` for ``aug=none``
   and ``aug=kornia_gpu``, also from ``data.cache=device``; normalised ``float32`` for
@@ -117,7 +117,8 @@ class AugmentBackend:
     ) -> tuple[Tensor, Tensor]:
         """The per-batch transform run on the device (``on_after_batch_transfer``).
 
-        Returns the normalised image in ``dtype`` and the mask as ``float32`` in {0, 1}.
+        Returns the normalised image in ``dtype`` and the mask as ``float32`` (0/1, or class
+        indices; void kept).
         """
         self.check_uint8(image)
         return self.normalize_uint8(image, dtype), mask.float()
@@ -148,7 +149,7 @@ def augment_arrays(
     Args:
         backend: the augmentation backend.
         images: ``uint8`` ``(H, W, 3)`` images, all of one size.
-        masks: ``uint8`` ``(H, W)`` masks in ``{0, 1}``.
+        masks: ``uint8`` ``(H, W)`` masks in ``{0, 1}`` (or class indices; void kept).
         seeds: one seed per sample (the DataModule's sampler derives them from the run's seed).
         train: augment (``True``) or only convert and normalise (``False``).
         device: where the batch-side transform runs.

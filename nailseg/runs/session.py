@@ -178,6 +178,30 @@ def best_checkpoint(trainer: pl.Trainer | None) -> dict[str, Any]:
     }
 
 
+def class_table(metrics: dict[str, float], classes: Sequence[str], stage: str = "val") -> str:
+    """A multi-class run's per-class IoU and Dice, and their means, as an aligned table.
+
+    Examples:
+        >>> print(class_table({"val/iou/bg": 0.9, "val/dice/bg": 0.95, "val/miou": 0.9,
+        ...                    "val/mdice": 0.95}, ["bg", "nail"]))
+          class     IoU    Dice
+          bg     0.9000  0.9500
+          nail        -       -
+          mean   0.9000  0.9500
+    """
+    width = max(len("class"), len("mean"), *(len(name) for name in classes))
+
+    def cell(key: str) -> str:
+        value = metrics.get(key)
+        return "-" if value is None or value != value else f"{value:.4f}"
+
+    rows = [(name, f"{stage}/iou/{name}", f"{stage}/dice/{name}") for name in classes]
+    rows.append(("mean", f"{stage}/miou", f"{stage}/mdice"))
+    lines = [f"  {'class':<{width}}  {'IoU':>6}  {'Dice':>6}"]
+    lines += [f"  {name:<{width}}  {cell(iou):>6}  {cell(dice):>6}" for name, iou, dice in rows]
+    return "\n".join(lines)
+
+
 class RunSession:
     """A run's record, open for the length of a ``with`` block.
 
@@ -411,6 +435,8 @@ class RunSession:
             metrics.get("val/loss", float("nan")),
             self.run_dir,
         )
+        if classes:
+            log.info("Per class (validation, last epoch):\n%s", class_table(metrics, classes))
 
     def _interrupted(self, signal: str) -> RunInterrupted:
         """Record the run as interrupted, with what it has so far; the error to raise says how
