@@ -8,6 +8,12 @@ network from the run's recorded config (``config.resolved.yaml``), its weights f
 checkpoint, the normalisation from the checkpoint's hyper-parameters (else ``run.json``), the
 image size from the recorded ``data.image_size``, the threshold from ``run.json`` (written by
 ``nailseg eval --threshold auto``), else the checkpoint's.
+
+Multi-class runs (the recorded ``data.classes`` is a list, see :mod:`nailseg.classes`): the
+class names come from the recorded config and must be the checkpoint's
+(``hyper_parameters["classes"]``); the colours of the label maps from the recorded
+``data.palette``, else :func:`default_palette`; probabilities are the softmax over the channels
+and the predicted class their argmax (no threshold).
 """
 
 from __future__ import annotations
@@ -23,9 +29,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torchmetrics.functional.classification import binary_stat_scores
+from torchmetrics.functional.classification import (
+    binary_stat_scores,
+    multiclass_confusion_matrix,
+)
 
 from nailseg.build import instantiate_node
+from nailseg.classes import check_classes
 from nailseg.data.datamodule import as_size
 from nailseg.errors import ConfigError, PickledCheckpointError
 from nailseg.runs.checkpoint import read_checkpoint, read_error
@@ -50,7 +60,12 @@ class LoadedRun:
         normalization: ``{"mean": [r, g, b], "std": [r, g, b]}`` of the [0, 1] input.
         image_size: ``(height, width)`` the run trained at.
         threshold: foreground probability threshold (``run.json`` ``threshold``, else the
-            checkpoint's); ``threshold_source`` says which.
+            checkpoint's); ``threshold_source`` says which. Binary runs only: a multi-class
+            run's class is the argmax of its channels.
+        classes: the class names of a multi-class run (the recorded ``data.classes``, the
+            checkpoint's too), class ``i`` being output channel ``i``; ``None``: binary.
+        palette: multi-class: one ``(r, g, b)`` per class, the recorded ``data.palette``, else
+            :func:`default_palette`; ``None`` for binary.
     """
 
     model: nn.Module
@@ -64,6 +79,12 @@ class LoadedRun:
     threshold_source: str
     device: torch.device
     hparams: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] | None = None
+    palette: tuple[tuple[int, int, int], ...] | None = None
+
+    @property
+    def multiclass(self) -> bool:
+        return self.classes is not None
 
     @property
     def arch(self) -> str:
@@ -153,6 +174,68 @@ def check_state_dict(
     )
 
 
+def default_palette(count: int) -> tuple[tuple[int, int, int], ...]:
+    """``count`` distinct colours: Pascal VOC's colour map (class 0 black, then the bits of the
+    class index interleaved into the high bits of red, green and blue).
+
+    Examples:
+        >>> default_palette(4)
+        ((0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0))
+    """
+    colours = []
+    for index in range(count):
+        rgb, bits = [0, 0, 0], index
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                rgb[channel] |= ((bits >> channel) & 1) << shift
+            bits >>= 3
+        colours.append((rgb[0], rgb[1], rgb[2]))
+    return tuple(colours)
+
+
+def describe_classes(classes: Sequence[str] | None) -> str:
+    """``[background, nail, skin]``, or ``null (binary)``, for messages."""
+    return "null (binary)" if classes is None else f"[{', '.join(classes)}]"
+
+
+def threshold_refusal(classes: Sequence[str]) -> str:
+    """The one line for ``--threshold`` on a multi-class run (``eval``, ``predict``)."""
+    return (
+        f"--threshold applies to binary runs only; this run has {len(classes)} classes"
+        f" ({', '.join(classes)}): each pixel gets the class of highest probability. Leave"
+        " --threshold out."
+    )
+
+
+def run_classes(
+    cfg: DictConfig, hparams: dict[str, Any], ckpt: Path, run_dir: Path
+) -> tuple[tuple[str, ...] | None, tuple[tuple[int, int, int], ...] | None]:
+    """The class names and palette of a run (``None, None`` for binary), refusing a checkpoint
+    whose ``hyper_parameters["classes"]`` are not the recorded ``data.classes``.
+
+    Raises:
+        ConfigError: one line naming both lists, e.g. "Checkpoint X was trained for classes
+            [background, nail, skin] (its hyper_parameters) but its run recorded
+            data.classes=[background, skin, nail] ...".
+    """
+    config_file = run_dir / "config.resolved.yaml"
+    recorded = check_classes(_plain(cfg.data.get("classes")), f"data.classes in {config_file}")
+    trained = check_classes(hparams.get("classes"), f"hyper_parameters.classes of {ckpt}")
+    if recorded != trained:
+        raise ConfigError(
+            f"Checkpoint {ckpt} was trained for classes {describe_classes(trained)} (its"
+            f" hyper_parameters) but its run recorded data.classes={describe_classes(recorded)}"
+            f" in {config_file}: pass the run dir that wrote the checkpoint, or set data.classes"
+            " there to the checkpoint's list."
+        )
+    if recorded is None:
+        return None, None
+    palette = _plain(cfg.data.get("palette"))
+    if palette is not None and len(palette) == len(recorded):
+        return recorded, tuple((int(r), int(g), int(b)) for r, g, b in palette)
+    return recorded, default_palette(len(recorded))
+
+
 def trained_size(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> tuple[int, int]:
     """The ``(height, width)`` a run trained at: ``data.image_size``, or with ``auto`` the size
     it resolved to, recorded in ``run.json`` (``data.image_size``)."""
@@ -213,6 +296,8 @@ def load_run(
     node = copy.deepcopy(cfg.model)
     if "encoder_weights" in node:
         node.encoder_weights = None  # the weights come from the checkpoint: nothing to download
+    # Before the weights: a checkpoint of another class list may well fit the network's shapes.
+    classes, palette = run_classes(cfg, hparams, Path(ckpt), run_dir)
     model = instantiate_node(node, "network")
     recorded = (
         f"model.arch={node.get('arch')}, encoder.name={node.get('encoder_name')}"
@@ -250,6 +335,8 @@ def load_run(
         threshold_source=source,
         device=device,
         hparams=hparams,
+        classes=classes,
+        palette=palette,
     )
 
 
@@ -257,18 +344,25 @@ def load_run(
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 
 
+def probabilities(logits: Tensor) -> Tensor:
+    """The sigmoid of a binary network's one channel, the softmax over a multi-class one's."""
+    return logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(1)
+
+
 @torch.inference_mode()
 def predict_probs(model: nn.Module, images: Tensor, tta: bool = False) -> Tensor:
-    """Foreground probabilities ``(B, 1, H, W)`` of normalised images ``(B, 3, H, W)``.
+    """Probabilities of normalised images ``(B, 3, H, W)``: foreground ``(B, 1, H, W)`` (the
+    sigmoid) for a binary network, one per class ``(B, C, H, W)`` (the softmax over the
+    channels) for a multi-class one.
 
     With ``tta`` the identity, horizontal, vertical and both flips go through the network as one
-    batch (concatenated along the batch), each output is flipped back, and the sigmoid
-    probabilities are averaged.
+    batch (concatenated along the batch), each output is flipped back, and the probabilities
+    (sigmoid or softmax) are averaged.
     """
     if not tta:
-        return model(images).sigmoid()
+        return probabilities(model(images))
     batch = torch.cat([images.flip(dims) if dims else images for dims in TTA_FLIPS])
-    probs = model(batch).sigmoid().chunk(len(TTA_FLIPS))
+    probs = probabilities(model(batch)).chunk(len(TTA_FLIPS))
     back = [p.flip(dims) if dims else p for p, dims in zip(probs, TTA_FLIPS, strict=True)]
     return torch.stack(back).mean(0)
 
@@ -323,6 +417,27 @@ def confusion_counts(
         multidim_average="samplewise",
         ignore_index=ignore_index,
     ).reshape(-1, 5)
+
+
+def class_confusion(
+    labels: Tensor, masks: Tensor, num_classes: int, ignore_index: int | None = None
+) -> Tensor:
+    """Per image confusion matrices ``(N, C, C)`` (rows: true class, columns: predicted) of
+    predicted classes ``(N, H, W)`` against class-index masks ``(N, 1, H, W)`` or ``(N, H, W)``,
+    void pixels (``ignore_index``) left out: torchmetrics' ``multiclass_confusion_matrix``, the
+    metric the LightningModule accumulates in training. Their sum over images is the
+    dataset-level matrix, for :func:`nailseg.model.module.class_scores`."""
+    if masks.dim() == 4:
+        masks = masks[:, 0]
+    matrices = [
+        multiclass_confusion_matrix(
+            p.long(), t.long(), num_classes, ignore_index=ignore_index, validate_args=False
+        )
+        for p, t in zip(labels, masks, strict=True)
+    ]
+    if not matrices:
+        return torch.zeros(0, num_classes, num_classes, dtype=torch.long)
+    return torch.stack(matrices)
 
 
 def scores(tp: float, fp: float, fn: float) -> dict[str, float]:

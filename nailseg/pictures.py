@@ -1,5 +1,9 @@
 """Pictures: masks drawn on images, and the preview grid of what an augmentation pipeline does.
 
+Multi-class label maps (class indices) are drawn in a palette, one ``(r, g, b)`` per class
+(:attr:`nailseg.inference.LoadedRun.palette`): :func:`colour_labels`, :func:`overlay_labels`,
+:func:`legend`, :func:`class_predictions_grid`, and :func:`write_label_png` for palette PNGs.
+
 ``nailseg preview`` (:mod:`nailseg.commands.preview`) writes the grid. Each row is one training
 sample: the decoded and resized original, several augmented versions with the augmented mask
 drawn as a translucent overlay and contour, and the original mask alone.
@@ -11,12 +15,13 @@ training sampler gives that sample in epoch ``k``.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from nailseg.augment.base import AugmentBackend, augment_arrays, denormalize
 from nailseg.data.sampler import sample_seed
@@ -205,14 +210,159 @@ def predictions_grid(
         tile = np.full((height, tile_width, 3), 255, np.uint8)
         tile[:, :width] = contours_on(image, truth, pred)
         tiles.append(np.concatenate([_label(tile_width, text), tile], axis=0))
+    return _tile_grid(
+        tiles, columns, lambda width: _label(width, "green: ground truth   magenta: prediction")
+    )
+
+
+def _tile_grid(
+    tiles: list[np.ndarray], columns: int, header: Callable[[int], np.ndarray]
+) -> np.ndarray:
+    """Tiles of one size in rows of ``columns`` (2 px white gaps), under ``header(width)``."""
     columns = max(1, min(columns, len(tiles)))
     blank = np.full_like(tiles[0], 255)
-    tiles += [blank] * (-len(tiles) % columns)
+    tiles = tiles + [blank] * (-len(tiles) % columns)
     gap_v = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
     rows = [
         np.concatenate([t for tile in tiles[r : r + columns] for t in (tile, gap_v)][:-1], axis=1)
         for r in range(0, len(tiles), columns)
     ]
-    legend = _label(rows[0].shape[1], "green: ground truth   magenta: prediction")
+    top = header(rows[0].shape[1])
     spacer = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
-    return np.concatenate([legend, *(x for r in rows for x in (spacer, r))], axis=0)
+    return np.concatenate([top, *(x for r in rows for x in (spacer, r))], axis=0)
+
+
+VOID_RGB = (224, 224, 192)  # label maps: a value that is no class (void, 255), as in Pascal VOC
+SWATCH = 12  # legend: side of a class's colour square
+
+
+def colour_labels(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """Class indices ``(H, W)`` to ``uint8`` RGB ``(H, W, 3)`` in ``palette`` (one colour per
+    class); any other value (void) in :data:`VOID_RGB`."""
+    table = np.tile(np.array(VOID_RGB, np.uint8), (256, 1))
+    table[: len(palette)] = np.asarray(palette, np.uint8)
+    return table[labels.astype(np.uint8)]
+
+
+def overlay_labels(
+    image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """``uint8`` RGB ``(H, W, 3)`` with every class but class 0 (the background) tinted in its
+    colour and outlined; ``labels`` ``(H, W)`` class indices."""
+    out = np.ascontiguousarray(image.copy())
+    for index in range(1, len(palette)):
+        region = labels == index
+        if not region.any():
+            continue
+        colour = tuple(int(v) for v in palette[index])
+        tint = np.array(colour, dtype=np.float32)
+        out[region] = (out[region] * (1 - OVERLAY_ALPHA) + tint * OVERLAY_ALPHA).astype(np.uint8)
+        contours, _ = cv2.findContours(
+            region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+        )
+        cv2.drawContours(out, contours, -1, colour, 1)
+    return out
+
+
+def legend(width: int, names: Sequence[str], palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """A white strip ``width`` wide: a colour square and the name of each class, as many to a
+    line as fit (at least one; a name longer than the line is cut)."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+    entries = [SWATCH + 6 + cv2.getTextSize(n, font, scale, 1)[0][0] + 12 for n in names]
+    lines: list[list[int]] = [[]]
+    used = 0
+    for index, size in enumerate(entries):
+        if lines[-1] and used + size > width:
+            lines.append([])
+            used = 0
+        lines[-1].append(index)
+        used += size
+    strip = np.full((LABEL_HEIGHT * len(lines), width, 3), 255, np.uint8)
+    for row, line in enumerate(lines):
+        x, top = 4, row * LABEL_HEIGHT
+        for index in line:
+            colour = tuple(int(v) for v in palette[index])
+            y0 = top + (LABEL_HEIGHT - SWATCH) // 2
+            cv2.rectangle(strip, (x, y0), (x + SWATCH, y0 + SWATCH), colour, -1)
+            cv2.rectangle(strip, (x, y0), (x + SWATCH, y0 + SWATCH), (0, 0, 0), 1)
+            cv2.putText(
+                strip,
+                names[index],
+                (x + SWATCH + 6, top + LABEL_HEIGHT - 7),
+                font,
+                scale,
+                (0, 0, 0),
+                1,
+                cv2.LINE_AA,
+            )
+            x += entries[index]
+    return strip
+
+
+def overlay_with_legend(
+    image: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+) -> np.ndarray:
+    """:func:`overlay_labels` with the :func:`legend` of the classes under it (so the picture is
+    the image's width and a little taller)."""
+    return np.concatenate(
+        [overlay_labels(image, labels, palette), legend(image.shape[1], names, palette)], axis=0
+    )
+
+
+def class_predictions_grid(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    labels: Sequence[str],
+    names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    columns: int = 2,
+) -> np.ndarray:
+    """Multi-class :func:`predictions_grid`: per image three panels, the image, the true label
+    map and the predicted one in ``palette`` (void in :data:`VOID_RGB`), under a label; a legend
+    of the classes on top. In the order given (``nailseg eval``: worst mIoU first)."""
+    factor = max(1, -(-160 // max(images[0].shape[:2])))
+    tiles = []
+    for image, truth, pred, text in zip(images, truths, predictions, labels, strict=True):
+        panels = [image, colour_labels(truth, palette), colour_labels(pred, palette)]
+        if factor > 1:
+            panels = [
+                cv2.resize(a, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+                for a in panels
+            ]
+        gap = np.full((panels[0].shape[0], 2, 3), 255, np.uint8)
+        tile = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+        tiles.append(np.concatenate([_label(tile.shape[1], text), tile], axis=0))
+
+    def header(width: int) -> np.ndarray:
+        return np.concatenate(
+            [
+                _label(width, "each: image | ground truth | prediction"),
+                legend(width, [*names, "void"], [*palette, VOID_RGB]),
+            ]
+        )
+
+    return _tile_grid(tiles, columns, header)
+
+
+def write_label_png(
+    out: Path, labels: np.ndarray, palette: Sequence[Sequence[int]], fix: str = OUT_FIX
+) -> None:
+    """Write class indices ``(H, W)`` as a palette PNG (mode ``P``): pixel values are the class
+    indices, shown in ``palette`` (one ``(r, g, b)`` per class) by any image viewer.
+
+    Raises:
+        ConfigError: the file could not be written; the message names it and ``fix``.
+    """
+    height, width = labels.shape
+    picture = Image.frombytes(
+        "P", (width, height), np.ascontiguousarray(labels, np.uint8).tobytes()
+    )
+    picture.putpalette([int(v) for colour in palette for v in colour])
+    try:
+        picture.save(out, format="PNG")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"Cannot write {out} ({err}). {fix}") from err

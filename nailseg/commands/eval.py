@@ -11,6 +11,16 @@ Metrics are computed at the run's training resolution (``data.image_size``; mask
 nearest neighbour, as in training), with torchmetrics' confusion counts; dataset-level figures sum
 the counts over all images, ``per_image_mean`` averages the per-image scores.
 
+Multi-class runs (``data.classes``): the predicted class is the argmax of the (TTA-averaged)
+softmax, no threshold (``--threshold`` is refused). One dataset-level confusion matrix (void
+left out, the training metric's torchmetrics function) gives each class's IoU and Dice and
+their means over the classes present, mIoU and mDice (:func:`nailseg.model.module.class_scores`,
+as training logs them); the table also gives each class's share of the true pixels.
+``eval.json`` has ``metrics`` (``miou``, ``mdice``, ``iou/NAME``, ``dice/NAME``), ``classes``
+(the table) and ``confusion``; ``eval_per_image.csv`` one row per image, worst mIoU first;
+``predictions.png`` the image, the true and the predicted label maps in the run's palette.
+Data overrides that change ``data.classes`` are refused.
+
 Examples:
     nailseg eval runs/2026-01-01/12-00-00-000000 --tta --threshold auto
     nailseg eval RUN --split test
@@ -29,10 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from nailseg.augment.base import NoAugment
 from nailseg.build import build_datamodule
+from nailseg.classes import check_classes
 from nailseg.commands import add_run_argument, command, compose
 from nailseg.data.datamodule import SegmentationDataModule
 from nailseg.data.dataset import SegmentationDataset
@@ -40,12 +52,16 @@ from nailseg.errors import ConfigError
 from nailseg.inference import (
     LoadedRun,
     best_threshold,
+    class_confusion,
     confusion_counts,
+    describe_classes,
     load_run,
     predict_probs,
     scores,
+    threshold_refusal,
 )
-from nailseg.pictures import predictions_grid, write_image
+from nailseg.model.module import class_scores
+from nailseg.pictures import class_predictions_grid, predictions_grid, write_image
 from nailseg.runs.record import RUN_JSON, read_run, write_json
 from nailseg.runs.rerun import plan_rerun
 
@@ -76,6 +92,20 @@ def eval_config(loaded: LoadedRun, overrides: list[str], out: Path) -> DictConfi
             merged = [o for o in merged if o in overrides or not _layout_key(_key(o))]
         cfg = compose([*merged, f"paths.output_dir={out}"], config_dir=snapshot)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if overrides:
+        classes = check_classes(cfg.data.get("classes"))
+        if classes != loaded.classes:
+            fix = (
+                "set data.classes=null (and data.foreground=[...] to merge labels into one"
+                " foreground)"
+                if loaded.classes is None
+                else f"set data.classes=[{','.join(loaded.classes)}] for data with those classes"
+            )
+            raise ConfigError(
+                f"The data overrides make data.classes={describe_classes(classes)}, but the run"
+                f" was trained for data.classes={describe_classes(loaded.classes)} (its network's"
+                f" output channels): {fix}."
+            )
     cfg.data.image_size = list(loaded.image_size)  # the network's size, whatever the data
     # Evaluation decodes each image once: no device cache (that needs a Trainer's device).
     if cfg.data.get("cache") == "device":
@@ -112,11 +142,13 @@ def run_split(
     probs, masks, images = [], [], []
     for batch in loader:
         image = batch["image"].to(loaded.device)
-        probs.append(predict_probs(loaded.model, loaded.normalize(image), tta).cpu())
+        prob = predict_probs(loaded.model, loaded.normalize(image), tta)
+        # Multi-class: only the predicted classes (N, H, W) are kept, not C probabilities a pixel.
+        probs.append(prob.argmax(1).to(torch.uint8).cpu() if loaded.multiclass else prob.cpu())
         masks.append(batch["mask"])
         images.append(batch["image"])
     return {
-        "probs": torch.cat(probs),
+        "labels" if loaded.multiclass else "probs": torch.cat(probs),
         "masks": torch.cat(masks),
         "images": torch.cat(images),
         "pairs": dataset.pairs,
@@ -174,8 +206,8 @@ def _parse_threshold(value: str) -> str | float:
     return number
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = ["rank", "image", "mask", *METRICS, "tp", "fp", "fn"]
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
+    fields = fields or ["rank", "image", "mask", *METRICS, "tp", "fp", "fn"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -191,12 +223,118 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             )
 
 
+def evaluate_classes(
+    result: dict[str, Any], classes: tuple[str, ...], ignore_index: int | None
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Tensor]:
+    """Multi-class scores: ``metrics`` (``miou``, ``mdice``, ``iou/NAME``, ``dice/NAME``) from the
+    dataset-level confusion matrix (the per-image matrices summed), the per-class table, one row
+    per image, and the matrix (rows: true class)."""
+    per_image = class_confusion(result["labels"], result["masks"], len(classes), ignore_index)
+    confusion = per_image.sum(0)
+    overall = class_scores(confusion)
+    metrics: dict[str, float | None] = {
+        "miou": _finite(float(overall["miou"])),
+        "mdice": _finite(float(overall["mdice"])),
+    }
+    truth = confusion.sum(1).double()
+    table = []
+    for i, name in enumerate(classes):
+        metrics[f"iou/{name}"] = _finite(float(overall["iou"][i]))
+        metrics[f"dice/{name}"] = _finite(float(overall["dice"][i]))
+        table.append(
+            {
+                "class": name,
+                "index": i,
+                "iou": metrics[f"iou/{name}"],
+                "dice": metrics[f"dice/{name}"],
+                "pixel_share": float(truth[i] / truth.sum()) if truth.sum() else None,
+                "pixels": int(truth[i]),
+            }
+        )
+    rows = []
+    for pair, matrix in zip(result["pairs"], per_image, strict=True):
+        image = class_scores(matrix)
+        rows.append(
+            {
+                "image": str(pair.image),
+                "mask": str(pair.mask),
+                "miou": float(image["miou"]),
+                "mdice": float(image["mdice"]),
+                **{f"iou/{n}": float(image["iou"][i]) for i, n in enumerate(classes)},
+            }
+        )
+    return metrics, table, rows, confusion
+
+
+def _eval_classes(
+    loaded: LoadedRun,
+    args: argparse.Namespace,
+    overrides: list[str],
+    out: Path,
+    result: dict[str, Any],
+    ignore: int | None,
+) -> int:
+    """``nailseg eval`` of a multi-class run, from its predicted classes in ``result``."""
+    classes, palette = loaded.classes or (), loaded.palette or ()
+    metrics, table, rows, confusion = evaluate_classes(result, classes, ignore)
+    # Worst mIoU first; an image with no scored pixel (all void) last.
+    order = sorted(range(len(rows)), key=lambda i: (math.isnan(rows[i]["miou"]), rows[i]["miou"]))
+    per_image = {k: _mean(rows, k) for k in ("miou", "mdice")}
+    summary = {
+        "run_dir": str(loaded.run_dir),
+        "checkpoint": str(loaded.checkpoint),
+        "split": args.split,
+        "images": len(rows),
+        "tta": args.tta,
+        "decision": "argmax of the softmax over the classes",
+        "image_size": list(loaded.image_size),
+        "data_overrides": overrides,
+        "metrics": metrics,
+        "per_image_mean": per_image,
+        "classes": table,
+        "palette": [list(c) for c in palette],
+        "confusion": confusion.tolist(),
+    }
+    write_json(out / "eval.json", summary)
+    fields = ["rank", "image", "mask", "miou", "mdice", *(f"iou/{n}" for n in classes)]
+    _write_csv(out / "eval_per_image.csv", [rows[i] for i in order], fields)
+
+    shown = order[:GRID_MAX]
+    images = result["images"][shown].permute(0, 2, 3, 1).numpy()
+    truths = result["masks"][shown, 0].numpy()
+    preds = result["labels"][shown].numpy()
+    labels = [f"{Path(rows[i]['image']).name[:18]} mIoU {rows[i]['miou']:.2f}" for i in shown]
+    write_image(
+        out / "predictions.png",
+        class_predictions_grid(list(images), truths, preds, labels, classes, palette),
+    )
+
+    def fmt(value: float | None) -> str:
+        return "   n/a" if value is None else f"{value:6.4f}"
+
+    width = max(14, *(len(n) + 2 for n in classes))
+    print(
+        f"{loaded.run_dir}  {args.split}: {len(rows)} images, {len(classes)} classes,"
+        f" TTA {'on' if args.tta else 'off'}"
+    )
+    # truth share: the class's share of the true (non-void) pixels.
+    print(f"{'class':{width}}{'iou':>11}{'dice':>11}{'truth share':>13}")
+    for row in table:
+        share = "n/a" if row["pixel_share"] is None else f"{100 * row['pixel_share']:.1f}%"
+        print(f"{row['class']:{width}}{fmt(row['iou']):>11}{fmt(row['dice']):>11}{share:>13}")
+    print(f"{'mIoU, mDice':{width}}{fmt(metrics['miou']):>11}{fmt(metrics['mdice']):>11}")
+    print(f"{'per-image mean':{width}}{fmt(per_image['miou']):>11}{fmt(per_image['mdice']):>11}")
+    print(f"Wrote {out / 'eval.json'}, eval_per_image.csv, predictions.png")
+    return 0
+
+
 @command
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nailseg eval",
         description="Evaluate a run's checkpoint: IoU, Dice, precision, recall (dataset level and"
-        " per image), eval.json, eval_per_image.csv and predictions.png.",
+        " per image; multi-class: per-class IoU and Dice, mIoU, mDice), eval.json,"
+        " eval_per_image.csv and predictions.png.",
         epilog="Other arguments are Hydra overrides composed onto the run's recorded config, to"
         " evaluate on other data: data=folder data.images=DIR data.masks=DIR.",
     )
@@ -207,7 +345,7 @@ def main(argv: list[str]) -> int:
         type=_parse_threshold,
         default=None,
         help="auto: tune on the valid split and record it in run.json; or a number in (0, 1);"
-        " default: the run's (run.json threshold, else the checkpoint's 0.5)",
+        " default: the run's (run.json threshold, else the checkpoint's 0.5). Binary runs only",
     )
     parser.add_argument(
         "--split",
@@ -226,17 +364,21 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"--batch-size {args.batch_size}: give 1 or more.")
 
     loaded = load_run(args.run_dir, args.device)
+    if loaded.multiclass and args.threshold is not None:
+        raise ConfigError(threshold_refusal(loaded.classes))
     out = (args.out or loaded.run_dir / "eval").expanduser().resolve()
+    cfg = eval_config(loaded, overrides, out)  # refuses other classes before writing anything
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"Cannot create --out {out}: {err.strerror}.") from err
-    cfg = eval_config(loaded, overrides, out)
     # No augmentation; the checkpoint's normalisation (applied in loaded.normalize).
     datamodule = build_datamodule(cfg, augment=NoAugment(normalization=loaded.normalization))
     datamodule.setup("fit")
     ignore = datamodule.ignore_index
     result = run_split(loaded, datamodule, args.split, args.tta, args.batch_size)
+    if loaded.multiclass:
+        return _eval_classes(loaded, args, overrides, out, result, ignore)
 
     threshold, source = loaded.threshold, loaded.threshold_source
     tuning = None

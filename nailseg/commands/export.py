@@ -8,6 +8,10 @@ for every smp encoder). What a user needs to prepare inputs and read outputs is 
 ``image_size`` (trained at; ``[height, width]``), ``arch``, ``encoder``, ``input_range``,
 ``output``, and the ``run_dir``/``checkpoint`` it came from.
 
+A multi-class run's logits are ``(B, C, H, W)``, one channel per class; its metadata has no
+``threshold`` (the class is the argmax over the channels) but ``classes`` (the class names, class
+``i`` being channel ``i``) and ``palette`` (one ``[r, g, b]`` per class), both JSON.
+
 After writing, onnxruntime and PyTorch run the same random inputs of two sizes (64x64 and
 96x128, batch 2); the largest absolute logit difference is printed, and above
 :data:`TOLERANCE` the export fails (exit 2).
@@ -76,18 +80,30 @@ def _onnx_modules():
 
 def metadata(loaded: LoadedRun) -> dict[str, str]:
     """The model's ``metadata_props``: everything needed to use it without the run dir."""
-    return {
+    meta = {
         "mean": json.dumps(loaded.normalization["mean"]),
         "std": json.dumps(loaded.normalization["std"]),
         "input_range": "RGB in [0, 1], then (x - mean) / std per channel",
-        "threshold": str(loaded.threshold),
+    }
+    if loaded.classes is None:
+        meta["threshold"] = str(loaded.threshold)
+        output = "logits (B, 1, H, W); foreground where sigmoid(logits) > threshold"
+    else:
+        meta["classes"] = json.dumps(list(loaded.classes))
+        meta["palette"] = json.dumps([list(c) for c in loaded.palette or ()])
+        output = (
+            f"logits (B, {len(loaded.classes)}, H, W), channel i = class i of classes; the class"
+            " is the argmax over the channels (their softmax gives probabilities)"
+        )
+    meta |= {
         "image_size": json.dumps(list(loaded.image_size)),
         "arch": loaded.arch,
         "encoder": loaded.encoder,
-        "output": "logits (B, 1, H, W); foreground where sigmoid(logits) > threshold",
+        "output": output,
         "run_dir": str(loaded.run_dir),
         "checkpoint": str(loaded.checkpoint),
     }
+    return meta
 
 
 def export_onnx(loaded: LoadedRun, out: Path, opset: int) -> None:
@@ -153,7 +169,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nailseg export",
         description="Export a run's network to ONNX (dynamic batch/height/width, normalisation"
-        " and threshold in the metadata) and check it against PyTorch.",
+        " and threshold, or a multi-class run's class names and palette, in the metadata) and"
+        " check it against PyTorch.",
     )
     add_run_argument(parser)
     parser.add_argument("--format", choices=("onnx",), default="onnx")

@@ -11,6 +11,14 @@ training. Writes ``OUTPUT/masks/NAME.png`` (0/255) and ``OUTPUT/overlays/NAME.pn
 that cannot be decoded is reported by name and skipped; exit status 0 when at least one mask was
 written, 2 when none.
 
+Multi-class runs (``data.classes``): ``OUTPUT/masks/NAME.png`` is a label map, a palette PNG
+(mode ``P``) whose pixel values are the class indices, coloured in the run's palette
+(``data.palette``, else Pascal VOC's colour map); ``OUTPUT/overlays/NAME.png`` tints each class
+but class 0 in its colour, with a legend (colour square and class name) under the image. The
+class probabilities (softmax, TTA-averaged) are resized back (bilinear) to the image's size and
+the class is their argmax there, so class borders are as smooth as the binary mask's; this holds
+``C x H x W`` floats per image at a time. ``--threshold`` is refused (binary runs only).
+
 Examples:
     nailseg predict runs/2026-01-01/12-00-00-000000 --input photos/ --output predicted/
     nailseg predict RUN --input a.jpg b.png --output out --tta --threshold 0.4 --device cuda
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -32,8 +40,14 @@ from tqdm import tqdm
 from nailseg.commands import add_run_argument, command
 from nailseg.data.io import read_image
 from nailseg.errors import ConfigError, DataError
-from nailseg.inference import LoadedRun, load_run, predict_probs, to_uint8_batch
-from nailseg.pictures import overlay_mask, write_image
+from nailseg.inference import (
+    LoadedRun,
+    load_run,
+    predict_probs,
+    threshold_refusal,
+    to_uint8_batch,
+)
+from nailseg.pictures import overlay_mask, overlay_with_legend, write_image, write_label_png
 from nailseg.runs.writable import ensure_writable_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -97,33 +111,43 @@ def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def predict_batch(
     loaded: LoadedRun, images: list[np.ndarray], tta: bool, threshold: float
 ) -> list[np.ndarray]:
-    """Masks in {0, 1} at each image's own size."""
+    """Masks in {0, 1} at each image's own size; a multi-class run's class indices ``uint8``
+    (the argmax of the probabilities resized back, ``threshold`` unused)."""
     small = to_uint8_batch([resize_to(i, loaded.image_size) for i in images]).to(loaded.device)
     probs = predict_probs(loaded.model, loaded.normalize(small), tta)
     masks = []
     for image, prob in zip(images, probs, strict=True):
         full = F.interpolate(prob[None], size=image.shape[:2], mode="bilinear", align_corners=False)
-        masks.append((full[0, 0] > threshold).cpu().numpy().astype(np.uint8))
+        if loaded.multiclass:
+            masks.append(full[0].argmax(0).to(torch.uint8).cpu().numpy())
+        else:
+            masks.append((full[0, 0] > threshold).cpu().numpy().astype(np.uint8))
     return masks
 
 
 OUTPUT_FIX = "Pass --output DIR in a writable folder."
 
 
-def _write(path: Path, rgb_or_gray: np.ndarray) -> None:
+def _write(
+    path: Path, rgb_or_gray: np.ndarray, palette: Sequence[Sequence[int]] | None = None
+) -> None:
+    """Write a picture, or with ``palette`` class indices as a palette PNG."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError:  # e.g. OUTPUT/masks is a file: say so in one line
         ensure_writable_dir(path.parent, f"The folder {path.parent} of --output", OUTPUT_FIX)
-    write_image(path, rgb_or_gray, fix=OUTPUT_FIX)
+    if palette is not None:
+        write_label_png(path, rgb_or_gray, palette, fix=OUTPUT_FIX)
+    else:
+        write_image(path, rgb_or_gray, fix=OUTPUT_FIX)
 
 
 @command
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nailseg predict",
-        description="Write a binary mask (0/255 PNG) and an overlay for every input image, at"
-        " the image's own size.",
+        description="Write a binary mask (0/255 PNG; multi-class: a palette PNG of class indices)"
+        " and an overlay for every input image, at the image's own size.",
     )
     add_run_argument(parser)
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
@@ -136,7 +160,7 @@ def main(argv: list[str]) -> int:
         type=float,
         default=None,
         help="foreground probability threshold (default: the run's: run.json threshold from"
-        " nailseg eval --threshold auto, else the checkpoint's 0.5)",
+        " nailseg eval --threshold auto, else the checkpoint's 0.5). Binary runs only",
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -151,6 +175,8 @@ def main(argv: list[str]) -> int:
             f"No images in --input {' '.join(args.input)} (looked for {', '.join(IMAGE_SUFFIXES)})."
         )
     loaded = load_run(args.run_dir, args.device)
+    if loaded.multiclass and args.threshold is not None:
+        raise ConfigError(threshold_refusal(loaded.classes))
     threshold = args.threshold if args.threshold is not None else loaded.threshold
     out = args.output.expanduser()
     ensure_writable_dir(out, f"--output {out}", OUTPUT_FIX)
@@ -162,16 +188,27 @@ def main(argv: list[str]) -> int:
         for batch in batches(files, args.batch_size, skipped, scale):
             masks = predict_batch(loaded, [image for _, image in batch], args.tta, threshold)
             for (name, image), mask in zip(batch, masks, strict=True):
-                _write(out / "masks" / f"{name}.png", mask * 255)
-                _write(out / "overlays" / f"{name}.png", overlay_mask(image, mask))
+                if loaded.multiclass:
+                    names, palette = loaded.classes or (), loaded.palette or ()
+                    _write(out / "masks" / f"{name}.png", mask, palette)
+                    overlay = overlay_with_legend(image, mask, names, palette)
+                    _write(out / "overlays" / f"{name}.png", overlay)
+                else:
+                    _write(out / "masks" / f"{name}.png", mask * 255)
+                    _write(out / "overlays" / f"{name}.png", overlay_mask(image, mask))
                 written += 1
             bar.update(len(batch))
         bar.update(len(files) - bar.n)
     if not written:
         raise DataError(f"None of the {len(files)} inputs could be read: {', '.join(skipped)}.")
+    decided = (
+        f"{len(loaded.classes)} classes: {', '.join(loaded.classes)}"
+        if loaded.classes
+        else f"threshold {threshold:.2f}"
+    )
     print(
-        f"Wrote {written} masks to {out / 'masks'} and overlays to {out / 'overlays'}"
-        f" (threshold {threshold:.2f}, TTA {'on' if args.tta else 'off'})"
+        f"Wrote {written} {'label maps' if loaded.multiclass else 'masks'} to {out / 'masks'} and"
+        f" overlays to {out / 'overlays'} ({decided}, TTA {'on' if args.tta else 'off'})"
         + (f"; skipped {len(skipped)} unreadable: {', '.join(skipped)}" if skipped else "")
     )
     return 0
