@@ -228,12 +228,19 @@ def run_classes(
             f" in {config_file}: pass the run dir that wrote the checkpoint, or set data.classes"
             " there to the checkpoint's list."
         )
-    if recorded is None:
-        return None, None
-    palette = _plain(cfg.data.get("palette"))
-    if palette is not None and len(palette) == len(recorded):
-        return recorded, tuple((int(r), int(g), int(b)) for r, g, b in palette)
-    return recorded, default_palette(len(recorded))
+    return recorded, class_palette(recorded, _plain(cfg.data.get("palette")))
+
+
+def class_palette(
+    classes: Sequence[str] | None, palette: Sequence[Sequence[int]] | None = None
+) -> tuple[tuple[int, int, int], ...] | None:
+    """The colours label maps of these classes are drawn in: ``data.palette`` when it gives one
+    per class, else :func:`default_palette`; ``None`` for binary (``classes`` ``None``)."""
+    if classes is None:
+        return None
+    if palette is not None and len(palette) == len(classes):
+        return tuple((int(r), int(g), int(b)) for r, g, b in palette)
+    return default_palette(len(classes))
 
 
 def trained_size(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> tuple[int, int]:

@@ -72,6 +72,7 @@ def preview_grid(
     seed: int,
     versions: int = 4,
     device: torch.device | str = "cpu",
+    palette: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
     """The grid as a ``uint8`` RGB array: one row per sample, ``versions + 2`` tiles a row.
 
@@ -83,28 +84,37 @@ def preview_grid(
         seed: the run's seed.
         versions: augmented versions per sample (epochs ``0 .. versions - 1``).
         device: where the backend's batch-side transform runs.
+        palette: multi-class: one colour per class; masks then hold class indices and are
+            drawn as label maps (:func:`overlay_labels`, :func:`colour_labels`).
     """
     width = images[0].shape[1]
-    columns: list[list[np.ndarray]] = [
-        [overlay_mask(i, m) for i, m in zip(images, masks, strict=True)]
-    ]
+
+    def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return (
+            overlay_mask(image, mask) if palette is None else overlay_labels(image, mask, palette)
+        )
+
+    columns: list[list[np.ndarray]] = [[overlay(i, m) for i, m in zip(images, masks, strict=True)]]
     for epoch in range(versions):
         seeds = [sample_seed(seed, epoch, index) for index in indices]
         aug_images, aug_masks = augment_arrays(
             backend, images, masks, seeds, train=True, device=device
         )
         pixels = _to_uint8_rgb(aug_images, backend)
-        binary = (aug_masks[:, 0] == 1).detach().cpu().numpy().astype(np.uint8)
-        columns.append([overlay_mask(p, m) for p, m in zip(pixels, binary, strict=True)])
-    # Foreground white, void (data.ignore_index) grey, background black.
-    columns.append(
-        [
-            np.repeat(np.where(m == 1, 255, np.where(m > 1, 128, 0))[..., None], 3, 2).astype(
-                np.uint8
-            )
-            for m in masks
-        ]
-    )
+        values = aug_masks[:, 0].detach().cpu().numpy()
+        shown = values.astype(np.uint8) if palette is not None else (values == 1).astype(np.uint8)
+        columns.append([overlay(p, m) for p, m in zip(pixels, shown, strict=True)])
+    if palette is not None:  # each class in its colour, void in VOID_RGB
+        columns.append([colour_labels(m, palette) for m in masks])
+    else:  # Foreground white, void (data.ignore_index) grey, background black.
+        columns.append(
+            [
+                np.repeat(np.where(m == 1, 255, np.where(m > 1, 128, 0))[..., None], 3, 2).astype(
+                    np.uint8
+                )
+                for m in masks
+            ]
+        )
     titles = ["original", *(f"augmented {k + 1}" for k in range(versions)), "mask"]
 
     def row(tiles: list[np.ndarray]) -> np.ndarray:

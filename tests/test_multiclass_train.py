@@ -11,9 +11,11 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
 
 from nailseg import cli
@@ -21,12 +23,15 @@ from nailseg.build import build_module
 from nailseg.classes import check_classes, folder_classes
 from nailseg.config import compose_config
 from nailseg.errors import EXIT_ERROR, ConfigError
+from nailseg.inference import default_palette
 from nailseg.model.losses import CrossEntropyLoss
 from nailseg.model.module import class_scores
+from nailseg.pictures import VOID_RGB
 from nailseg.runs.record import read_run
 from nailseg.runs.summary import METRICS, MULTICLASS_METRICS, metrics_of
 from nailseg.train import run
 from tests.conftest import FAST_OVERRIDES, FAST_SYNTHETIC, nailseg_cli
+from tests.multiclass_data import make_voc
 
 THREE = ("background", "skin", "nail")
 
@@ -215,3 +220,30 @@ def test_resume_with_other_classes_is_refused(
         r"contradict the recorded run.*data\.classes=\[.?background.?, .?skin", message
     )
     assert "[background,nail]" in message or "['background', 'nail']" in message
+
+
+def test_preview_draws_class_masks_in_their_colours(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = make_voc(tmp_path / "voc", count=6, valid=2)
+    out = tmp_path / "preview.png"
+    code, message = nailseg_cli(
+        capsys,
+        "preview",
+        "data=voc",
+        f"data.root={root}",
+        "loss=ce_dice",
+        "data.image_size=64",
+        "data.num_workers=0",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "--samples=2",
+        "--versions=1",
+        f"--out={out}",
+    )
+    assert code == 0, message
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    mask_column = grid[:, -64:].reshape(-1, 3)
+    colours = {tuple(int(v) for v in c) for c in np.unique(mask_column, axis=0)}
+    # The nail and skin blocks in the default palette's colours, the void border in VOC's cream.
+    nail, skin = default_palette(3)[1], default_palette(3)[2]
+    assert nail in colours and skin in colours and VOID_RGB in colours

@@ -19,6 +19,7 @@ from nailseg.build import build_datamodule
 from nailseg.commands import command, compose
 from nailseg.config_check import check_config
 from nailseg.errors import ConfigError
+from nailseg.inference import class_palette
 from nailseg.pictures import check_out, preview_grid, write_image
 
 
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> int:
         int(cfg.seed),
         args.versions,
         args.device,
+        palette=class_palette(datamodule.classes, datamodule.palette),
     )
     write_image(out, grid)
     print(

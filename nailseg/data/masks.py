@@ -222,7 +222,8 @@ class MaskRule:
             found = format_values(stats.labels(self.ignore_index))
             fix = (
                 ". Say which labels are foreground: data.foreground=[1, 2] lists them,"
-                " data.mask_threshold=0 takes every non-zero label"
+                " data.mask_threshold=0 takes every non-zero label; or train each label as a"
+                " class: data.classes=[NAME0, NAME1, ...] names them (multi-class)"
                 if self.index_set
                 else ""
             )
