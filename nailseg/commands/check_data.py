@@ -37,6 +37,8 @@ def main(argv: list[str]) -> int:
         + ", ".join(f"{len(v)} {k}" for k, v in datamodule.splits.items() if v)
         + f" ({datamodule.split_folder})"
     )
+    for name, absent in datamodule.absent_classes.items():
+        print(f"  warning: the {name} split holds no pixel of class(es) {', '.join(absent)}")
     height, width = datamodule.image_size
     how = " (data.image_size=auto)" if datamodule.size_auto else ""
     print(f"  training size: {width}x{height}{how}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -379,6 +380,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.split_folder: Path | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
         self.report: DataReport | None = None
+        # Multi-class: split name -> the classes it holds no pixel of (set with the split).
+        self.absent_classes: dict[str, list[str]] = {}
         self.mask_rule: str | None = None
 
     def check(self) -> DataReport:
@@ -421,7 +424,57 @@ class SegmentationDataModule(pl.LightningDataModule):
                     log.warning("%d %s, e.g. %s", len(entries), kind, entries[0])
         return self.report
 
+    def _strata(self, pairs: list[Pair]) -> list[Pair]:
+        """Multi-class: the pairs with the rarest class each mask holds added to its group, so
+        that the split drawn spreads every class over train and valid (a stand-in for
+        multi-label stratification, which no dependency here offers). Binary: ``pairs``."""
+        report = self.report
+        if self.classes is None or report is None or not report.present:
+            return pairs
+        images = report.class_images
+
+        def rarest(pair: Pair) -> str:
+            held = report.present.get(pair.mask, frozenset())
+            named = sorted(held - {0}) or sorted(held)
+            return self.classes[min(named, key=lambda c: (images[c], c))] if named else "none"
+
+        return [dataclasses.replace(p, group=f"{p.group}|{rarest(p)}") for p in pairs]
+
     def _split(self, pairs: list[Pair]) -> None:
+        strata = self._strata(pairs)
+        if strata is not pairs:
+            self._draw_split(strata)
+            # Back to the pairs as found (their own group), for the datasets and the record.
+            found = {(p.image, p.mask): p for p in pairs}
+            self.splits = {
+                name: [found[(p.image, p.mask)] for p in members]
+                for name, members in self.splits.items()
+            }
+        else:
+            self._draw_split(pairs)
+        self._warn_absent_classes()
+
+    def _warn_absent_classes(self) -> None:
+        """Multi-class: log the classes a non-empty split holds no pixel of."""
+        self.absent_classes = {}
+        report = self.report
+        if self.classes is None or report is None or not report.present:
+            return
+        for name, members in self.splits.items():
+            if not members:
+                continue
+            held = set().union(*(report.present.get(p.mask, frozenset()) for p in members))
+            absent = [c for i, c in enumerate(self.classes) if i not in held]
+            if absent:
+                self.absent_classes[name] = absent
+                log.warning(
+                    "The %s split holds no pixel of class(es) %s: its scores for them are"
+                    " undefined (left out of the means); add images that hold them.",
+                    name,
+                    ", ".join(absent),
+                )
+
+    def _draw_split(self, pairs: list[Pair]) -> None:
         given = [p for p in pairs if p.split]
         if self.folds is not None:
             if given:

@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -51,7 +52,8 @@ PROBLEMS = {
     "size mismatches": "resize or redraw the masks to their image's size",
     "unexpected mask values": (
         "save binary masks (0/255 or 0/1), or say which values are foreground with"
-        " data.foreground=[...] or data.mask_threshold"
+        " data.foreground=[...] or data.mask_threshold; multi-class: class indices (or"
+        " data.palette colours) for the classes of data.classes"
     ),
 }
 WARNINGS = {
@@ -66,6 +68,9 @@ WARNINGS = {
         " nearly black; data.image_scale=range stretches each image's own range"
     ),
     "EXIF orientation differs": "each file is turned upright by its own tag; check they line up",
+    "classes in no mask": (
+        "the network cannot learn them from this data; check data.classes against the masks"
+    ),
 }
 SHOWN = 5
 
@@ -100,6 +105,11 @@ class DataReport:
     # Usable images with more than 8 bits per channel, and how they become 8-bit.
     deep_images: int = 0
     image_scale: str = "max"
+    # Multi-class (the rule has classes): per class, its non-void pixels and the images holding
+    # it; per usable pair's mask, the classes it holds.
+    class_pixels: list[int] = field(default_factory=list)
+    class_images: list[int] = field(default_factory=list)
+    present: dict[Path, frozenset[int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -115,6 +125,8 @@ class DataReport:
             lines.append(f"  mask values: {self.mask_values}")
         if self.rule is not None:
             lines.append(f"  mask rule: {self.rule.description}")
+        if self.rule is not None and self.rule.classes is not None and self.class_pixels:
+            lines += class_lines(self.rule.classes, self.class_pixels, self.class_images)
         if self.deep_images:
             how = (
                 "each stretched from its own min..max to 0..255"
@@ -144,6 +156,29 @@ class DataReport:
             lines.append(f"  dropped ({len(self.dropped)} pair(s), data.on_invalid=skip):")
             lines += [f"    {d}" for d in self.dropped]
         return "\n".join(lines)
+
+
+def class_lines(classes: Sequence[str], pixels: Sequence[int], images: Sequence[int]) -> list[str]:
+    """The data check's per-class table: each class's share of the non-void pixels and the
+    number of images holding it.
+
+    Examples:
+        >>> print("\\n".join(class_lines(["background", "nail"], [900, 100], [10, 4])))
+          classes: 2 (pixels: share of the non-void pixels; images: masks holding the class)
+                 class        pixels  images
+              0  background    90.0%      10
+              1  nail          10.0%       4
+    """
+    total = max(sum(pixels), 1)
+    width = max(len("class"), *(len(name) for name in classes))
+    lines = [
+        f"  classes: {len(classes)} (pixels: share of the non-void pixels; images: masks holding"
+        " the class)",
+        f"    {'':>3}  {'class':<{width}}  {'pixels':>7}  {'images':>6}",
+    ]
+    for index, (name, count, holding) in enumerate(zip(classes, pixels, images, strict=True)):
+        lines.append(f"    {index:>3}  {name:<{width}}  {100 * count / total:>6.1f}%  {holding:>6}")
+    return lines
 
 
 def _decode(
@@ -279,6 +314,11 @@ def check_pairs(
             warnings[kind].append(text)
 
     good = [d for d in decoded if not d.problems]
+    per_class = _class_counts(good, rule) if rule is not None and rule.classes else None
+    if per_class is not None:
+        for index, (name, holding) in enumerate(zip(rule.classes, per_class[1], strict=True)):
+            if not holding:
+                warnings["classes in no mask"].append(f"class {index} ({name!r})")
     report = DataReport(
         source,
         [d.pair for d in good],
@@ -290,6 +330,11 @@ def check_pairs(
         mask_values=describe_values(stats, rule, ignore_index) if rule is not None else "",
         deep_images=sum(d.bits > 8 for d in good),
         image_scale=image_scale,
+        **(
+            {}
+            if per_class is None
+            else dict(zip(("class_pixels", "class_images", "present"), per_class, strict=True))
+        ),
     )
     report.dropped = [f"{p.image}: not used ({why})" for p, why in scan.unused]
     if not report.ok:
@@ -317,6 +362,24 @@ def check_pairs(
             key = cache_key(item.pair, image_size, decoding_rule(rule, image_scale))
             cache.put(key, item.image, rule.apply(item.values))
     return report
+
+
+def _class_counts(
+    items: Sequence[_Decoded], rule: MaskRule
+) -> tuple[list[int], list[int], dict[Path, frozenset[int]]]:
+    """Per class the non-void pixels and the images holding it, and per mask its classes."""
+    n = len(rule.classes)
+    pixels, images, present = [0] * n, [0] * n, {}
+    for item in items:
+        held = set()
+        for value, count in zip(item.stats.values, item.stats.counts, strict=True):
+            if value != rule.ignore_index and 0 <= value < n and count:
+                pixels[int(value)] += count
+                held.add(int(value))
+        for index in held:
+            images[index] += 1
+        present[item.pair.mask] = frozenset(held)
+    return pixels, images, present
 
 
 def _failure(report: DataReport) -> str:
