@@ -28,7 +28,13 @@ from nailseg.model.losses import CrossEntropyLoss
 from nailseg.model.module import class_scores
 from nailseg.pictures import VOID_RGB
 from nailseg.runs.record import read_run
-from nailseg.runs.summary import METRICS, MULTICLASS_METRICS, metrics_of
+from nailseg.runs.summary import (
+    METRICS,
+    MULTICLASS_METRICS,
+    metrics_of,
+    summary_rows,
+    write_summary,
+)
 from nailseg.train import run
 from tests.conftest import FAST_OVERRIDES, FAST_SYNTHETIC, nailseg_cli
 from tests.multiclass_data import make_voc
@@ -247,3 +253,23 @@ def test_preview_draws_class_masks_in_their_colours(
     # The nail and skin blocks in the default palette's colours, the void border in VOC's cream.
     nail, skin = default_palette(3)[1], default_palette(3)[2]
     assert nail in colours and skin in colours and VOID_RGB in colours
+
+
+def test_sweep_summary_ranks_multiclass_jobs_by_miou(three_class_run, tmp_path: Path) -> None:
+    """Two copies of the real run as the jobs of a sweep, the second recorded 0.2 better."""
+    run_dir, _ = three_class_run
+    for job, lr in enumerate(("0.001", "0.003")):
+        job_dir = tmp_path / str(job)
+        shutil.copytree(run_dir, job_dir, ignore=shutil.ignore_patterns("*.ckpt"))
+        (job_dir / ".hydra").mkdir(exist_ok=True)
+        (job_dir / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n")
+        record = read_run(job_dir)
+        record["metrics"]["val/miou"] += 0.2 * job
+        (job_dir / "run.json").write_text(json.dumps({**record, "run_dir": str(job_dir)}))
+    rows, keys, metric = summary_rows(tmp_path)
+    assert metric == "val/miou" and keys == ["optimizer.lr"]
+    assert [row["job"] for row in rows] == [1, 0]  # best mIoU first
+    write_summary(tmp_path)
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0]
+    assert "final val/miou" in header and "final val/iou" not in header
+    assert "Sorted by `val/miou`" in (tmp_path / "summary.md").read_text()
