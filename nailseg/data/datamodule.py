@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ from nailseg.data.sampler import EpochSeededSampler
 from nailseg.data.sources.base import Pair, PairSource
 from nailseg.data.split import (
     SPLITS,
+    Strata,
     check_folds,
     load_or_create_folds,
     load_or_create_split,
@@ -424,13 +424,15 @@ class SegmentationDataModule(pl.LightningDataModule):
                     log.warning("%d %s, e.g. %s", len(entries), kind, entries[0])
         return self.report
 
-    def _strata(self, pairs: list[Pair]) -> list[Pair]:
-        """Multi-class: the pairs with the rarest class each mask holds added to its group, so
-        that the split drawn spreads every class over train and valid (a stand-in for
-        multi-label stratification, which no dependency here offers). Binary: ``pairs``."""
+    def _strata(self, pairs: list[Pair]) -> Strata | None:
+        """Multi-class: each pair's image -> the rarest class its mask holds (the class, among
+        those it holds, that the fewest images of the data set hold; class 0 only when it holds
+        nothing else), so that a drawn split spreads every class over train and valid (a
+        stand-in for multi-label stratification, which no dependency here offers). Binary:
+        ``None``, and the split is drawn and keyed as it always was."""
         report = self.report
         if self.classes is None or report is None or not report.present:
-            return pairs
+            return None
         images = report.class_images
 
         def rarest(pair: Pair) -> str:
@@ -438,20 +440,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             named = sorted(held - {0}) or sorted(held)
             return self.classes[min(named, key=lambda c: (images[c], c))] if named else "none"
 
-        return [dataclasses.replace(p, group=f"{p.group}|{rarest(p)}") for p in pairs]
+        return {pair.image: rarest(pair) for pair in pairs}
 
     def _split(self, pairs: list[Pair]) -> None:
-        strata = self._strata(pairs)
-        if strata is not pairs:
-            self._draw_split(strata)
-            # Back to the pairs as found (their own group), for the datasets and the record.
-            found = {(p.image, p.mask): p for p in pairs}
-            self.splits = {
-                name: [found[(p.image, p.mask)] for p in members]
-                for name, members in self.splits.items()
-            }
-        else:
-            self._draw_split(pairs)
+        self._draw_split(pairs, self._strata(pairs))
         self._warn_absent_classes()
 
     def _warn_absent_classes(self) -> None:
@@ -474,7 +466,9 @@ class SegmentationDataModule(pl.LightningDataModule):
                     ", ".join(absent),
                 )
 
-    def _draw_split(self, pairs: list[Pair]) -> None:
+    def _draw_split(self, pairs: list[Pair], strata: Strata | None = None) -> None:
+        """Use the split the data gives, or draw one (``strata``: multi-class, see
+        :meth:`_strata`; a given split is kept as it is, only folding it uses them)."""
         given = [p for p in pairs if p.split]
         if self.folds is not None:
             if given:
@@ -490,6 +484,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 self.fold,
                 self.test_fraction,
                 self.seed,
+                strata,
             )
         elif given:
             self.splits = {name: [p for p in given if p.split == name] for name in SPLITS}
@@ -503,7 +498,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             )
         else:
             self.splits, self.split_folder = load_or_create_split(
-                pairs, self.split_dir, self.valid_fraction, self.test_fraction, self.seed
+                pairs, self.split_dir, self.valid_fraction, self.test_fraction, self.seed, strata
             )
 
     def setup(self, stage: str | None = None) -> None:

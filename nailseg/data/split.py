@@ -8,6 +8,12 @@ k-fold cross-validation (``data.folds=K data.fold=I``, :func:`kfold_split`): the
 (every pair not in the test split) is cut into K folds, each group spread over them; fold I
 validates and the rest trains. Each (K, I, seed) gets its own folder (:func:`fold_key`), so folds
 never overwrite each other or the plain split.
+
+Multi-class (``strata``, from :meth:`SegmentationDataModule._strata
+<nailseg.data.datamodule.SegmentationDataModule._strata>`): the drawn split and the folds are
+stratified by group *and* each image's rarest class, so a class held by a few images reaches
+train and valid alike. The stratum only draws the split: the CSVs keep each pair's own group, and
+the split key includes the strata (binary data, ``strata=None``, keeps its split and folder).
 """
 
 from __future__ import annotations
@@ -30,14 +36,39 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 CSV_COLUMNS = ("image", "mask", "group")
+# Image path -> its stratum within its group (multi-class: the rarest class its mask holds).
+Strata = dict[Path, str]
+
+
+def stratum(pair: Pair, strata: Strata | None) -> str:
+    """What ``pair`` is stratified by: its group, plus its entry in ``strata`` when given.
+
+    Examples:
+        >>> pair = Pair(Path("a.png"), Path("a_mask.png"), "left")
+        >>> stratum(pair, None), stratum(pair, {Path("a.png"): "skin"})
+        ('left', 'left|skin')
+    """
+    return pair.group if strata is None else f"{pair.group}|{strata.get(pair.image, '')}"
+
+
+def _by_stratum(pairs: Sequence[Pair], strata: Strata | None) -> dict[str, list[Pair]]:
+    by: dict[str, list[Pair]] = defaultdict(list)
+    for pair in pairs:
+        by[stratum(pair, strata)].append(pair)
+    return by
 
 
 def stratified_split(
-    pairs: Sequence[Pair], valid_fraction: float, test_fraction: float = 0.0, seed: int = 0
+    pairs: Sequence[Pair],
+    valid_fraction: float,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    strata: Strata | None = None,
 ) -> dict[str, list[Pair]]:
     """Split each group by the same fractions, shuffled by a generator seeded from ``seed``.
 
     A group with at least two pairs always gives one pair to valid when ``valid_fraction > 0``.
+    With ``strata`` each group is cut further by its pairs' strata (:func:`stratum`).
     """
     if (
         not 0 <= valid_fraction < 1
@@ -49,9 +80,7 @@ def stratified_split(
             " must be in [0, 1) and their sum below 1. Fix data.valid_fraction /"
             " data.test_fraction."
         )
-    by_group: dict[str, list[Pair]] = defaultdict(list)
-    for pair in pairs:
-        by_group[pair.group].append(pair)
+    by_group = _by_stratum(pairs, strata)
     result: dict[str, list[Pair]] = {name: [] for name in SPLITS}
     for group in sorted(by_group):
         members = sorted(by_group[group], key=lambda p: str(p.image))
@@ -72,11 +101,21 @@ def _count(size: int, fraction: float) -> int:
     return min(size - 1, max(1, round(size * fraction)))
 
 
-def split_key(pairs: Sequence[Pair], valid_fraction: float, test_fraction: float, seed: int) -> str:
-    """A short hash of what the split depends on."""
-    digest = hashlib.sha1(f"{valid_fraction}|{test_fraction}|{seed}".encode())
+def split_key(
+    pairs: Sequence[Pair],
+    valid_fraction: float,
+    test_fraction: float,
+    seed: int,
+    strata: Strata | None = None,
+) -> str:
+    """A short hash of what the split depends on (``strata`` only when given)."""
+    marker = "" if strata is None else "|strata"
+    digest = hashlib.sha1(f"{valid_fraction}|{test_fraction}|{seed}{marker}".encode())
     for pair in sorted(pairs, key=lambda p: str(p.image)):
-        digest.update(f"{pair.image}|{pair.mask}|{pair.group}\n".encode())
+        line = f"{pair.image}|{pair.mask}|{pair.group}"
+        if strata is not None:
+            line += f"|{strata.get(pair.image, '')}"
+        digest.update(f"{line}\n".encode())
     return digest.hexdigest()[:12]
 
 
@@ -123,13 +162,14 @@ def load_or_create_split(
     valid_fraction: float,
     test_fraction: float = 0.0,
     seed: int = 0,
+    strata: Strata | None = None,
 ) -> tuple[dict[str, list[Pair]], Path]:
     """The split and the folder of its CSVs, reusing ``train.csv``/``valid.csv`` if present."""
-    folder = Path(split_root) / split_key(pairs, valid_fraction, test_fraction, seed)
+    folder = Path(split_root) / split_key(pairs, valid_fraction, test_fraction, seed, strata)
     if (folder / "train.csv").is_file() and (folder / "valid.csv").is_file():
         log.info("Reusing split %s", folder)
         return read_split(folder), folder
-    splits = stratified_split(pairs, valid_fraction, test_fraction, seed)
+    splits = stratified_split(pairs, valid_fraction, test_fraction, seed, strata)
     write_split(splits, folder)
     log.info(
         "Wrote split %s: %d train / %d valid / %d test",
@@ -158,8 +198,11 @@ def check_folds(folds: int | None, fold: int) -> None:
         )
 
 
-def assign_folds(pairs: Sequence[Pair], folds: int, seed: int = 0) -> list[list[Pair]]:
-    """``pairs`` dealt into ``folds`` folds, stratified by group, shuffled by ``seed``.
+def assign_folds(
+    pairs: Sequence[Pair], folds: int, seed: int = 0, strata: Strata | None = None
+) -> list[list[Pair]]:
+    """``pairs`` dealt into ``folds`` folds, stratified by group (and ``strata``, when given:
+    :func:`stratum`), shuffled by ``seed``.
 
     Written here because no installed library does it (scikit-learn's ``StratifiedKFold`` is not
     a dependency): each group's members, shuffled, are dealt round-robin over the folds, and the
@@ -168,9 +211,7 @@ def assign_folds(pairs: Sequence[Pair], folds: int, seed: int = 0) -> list[list[
     order shuffled by ``seed`` too, so the seed matters even when every group has one pair.
     """
     check_folds(folds, 0)
-    by_group: dict[str, list[Pair]] = defaultdict(list)
-    for pair in pairs:
-        by_group[pair.group].append(pair)
+    by_group = _by_stratum(pairs, strata)
     groups = sorted(by_group)
     result: list[list[Pair]] = [[] for _ in range(folds)]
     position = 0
@@ -184,14 +225,19 @@ def assign_folds(pairs: Sequence[Pair], folds: int, seed: int = 0) -> list[list[
 
 
 def kfold_split(
-    pairs: Sequence[Pair], folds: int, fold: int, test_fraction: float = 0.0, seed: int = 0
+    pairs: Sequence[Pair],
+    folds: int,
+    fold: int,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    strata: Strata | None = None,
 ) -> dict[str, list[Pair]]:
     """Fold ``fold`` of ``folds`` as the validation split, the other folds as train.
 
     Pairs that carry a ``split`` (a list file's column, VOC image sets) keep their given test
     split and the rest (given train and valid) is folded; otherwise the test split is the plain
     split's (:func:`stratified_split` with ``test_fraction`` and no validation), the same for
-    every fold.
+    every fold. ``strata`` stratifies the drawn test split and the folds (:func:`stratum`).
     """
     check_folds(folds, fold)
     given = [p for p in pairs if p.split]
@@ -199,24 +245,35 @@ def kfold_split(
         test = [p for p in given if p.split == "test"]
         pool = [p for p in given if p.split != "test"]
     else:
-        plain = stratified_split(pairs, 0.0, test_fraction, seed)
+        plain = stratified_split(pairs, 0.0, test_fraction, seed, strata)
         test, pool = plain["test"], plain["train"]
     if len(pool) < folds:
         raise ConfigError(
             f"data.folds={folds} needs at least {folds} pairs to fold, but the training pool has"
             f" {len(pool)}. Lower data.folds or add data."
         )
-    dealt = assign_folds(pool, folds, seed)
+    dealt = assign_folds(pool, folds, seed, strata)
     train = [p for i, members in enumerate(dealt) if i != fold for p in members]
     return {"train": train, "valid": dealt[fold], "test": test}
 
 
-def fold_key(pairs: Sequence[Pair], folds: int, fold: int, test_fraction: float, seed: int) -> str:
+def fold_key(
+    pairs: Sequence[Pair],
+    folds: int,
+    fold: int,
+    test_fraction: float,
+    seed: int,
+    strata: Strata | None = None,
+) -> str:
     """The folder name of one fold's split: ``folds5-fold2-seed42-<hash>``, the hash of the pair
-    list (given splits included) and the test fraction."""
-    digest = hashlib.sha1(f"folds|{folds}|{test_fraction}|{seed}".encode())
+    list (given splits included), the test fraction and ``strata`` (only when given)."""
+    marker = "" if strata is None else "|strata"
+    digest = hashlib.sha1(f"folds|{folds}|{test_fraction}|{seed}{marker}".encode())
     for pair in sorted(pairs, key=lambda p: str(p.image)):
-        digest.update(f"{pair.image}|{pair.mask}|{pair.group}|{pair.split}\n".encode())
+        line = f"{pair.image}|{pair.mask}|{pair.group}|{pair.split}"
+        if strata is not None:
+            line += f"|{strata.get(pair.image, '')}"
+        digest.update(f"{line}\n".encode())
     return f"folds{folds}-fold{fold}-seed{seed}-{digest.hexdigest()[:12]}"
 
 
@@ -227,16 +284,17 @@ def load_or_create_folds(
     fold: int,
     test_fraction: float = 0.0,
     seed: int = 0,
+    strata: Strata | None = None,
 ) -> tuple[dict[str, list[Pair]], Path]:
     """Fold ``fold``'s split and the folder of its CSVs, reused when already written."""
     check_folds(folds, fold)
     given = any(p.split for p in pairs)
-    name = fold_key(pairs, folds, fold, 0.0 if given else test_fraction, seed)
+    name = fold_key(pairs, folds, fold, 0.0 if given else test_fraction, seed, strata)
     folder = Path(split_root) / (f"given-{name}" if given else name)
     if (folder / "train.csv").is_file() and (folder / "valid.csv").is_file():
         log.info("Reusing fold split %s", folder)
         return read_split(folder), folder
-    splits = kfold_split(pairs, folds, fold, test_fraction, seed)
+    splits = kfold_split(pairs, folds, fold, test_fraction, seed, strata)
     write_split(splits, folder)
     log.info(
         "Wrote fold %d of %d (%s): %d train / %d valid / %d test",
