@@ -73,6 +73,16 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
+@pytest.fixture
+def one_torch_thread() -> object:
+    """One torch thread for the test: on a small shared CPU, thread contention makes tiny steps
+    many times slower. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def train_py(
     *args: str, timeout: float = 300, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess:

@@ -142,6 +142,7 @@ def test_an_unmapped_colour_is_named_with_its_file(make_cfg, tmp_path: Path) -> 
         datamodule.setup("fit")
     assert f"{mask_dir / '00.png'}: colour [0, 0, 255]" in str(caught.value)
     assert "is not in data.palette" in str(caught.value)
+    assert not (tmp_path / "data" / "splits").exists()  # nothing written
 
 
 @pytest.mark.parametrize("seed", range(8))

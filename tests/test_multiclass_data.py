@@ -16,7 +16,6 @@ from nailseg.build import build_datamodule
 from nailseg.commands.check_data import main as check_data
 from nailseg.data.sources.base import Pair
 from nailseg.data.split import assign_folds, fold_key, split_key, stratified_split
-from nailseg.errors import DataError
 from tests.multiclass_data import VOID, class_mask, make_voc
 from tests.test_multiclass_check import NAMES, folder_datamodule, write_folder
 
@@ -126,22 +125,6 @@ def test_binary_folds_are_keyed_as_before(make_cfg, tmp_path: Path) -> None:
     pairs = datamodule.report.pairs
     assert datamodule.split_folder.name == fold_key(pairs, 3, 0, 0.0, datamodule.seed)
     assert datamodule._strata(pairs) is None
-
-
-def test_an_unmapped_colour_writes_no_split(make_cfg, tmp_path: Path) -> None:
-    masks = [np.where(m == VOID, 0, m) for m in rare_skin_masks(4)]
-    images, mask_dir = write_folder(tmp_path, masks, "rgb", palette=((0, 0, 0), (9, 9, 9)))
-    datamodule = folder_datamodule(
-        make_cfg,
-        images,
-        mask_dir,
-        f"data.classes={NAMES}",
-        "data.palette=[[0,0,0],[200,0,0],[0,200,0]]",
-    )
-    with pytest.raises(DataError) as caught:
-        datamodule.setup("fit")
-    assert f"{mask_dir / '00.png'}: colour [9, 9, 9]" in str(caught.value)
-    assert not (tmp_path / "data" / "splits").exists()
 
 
 def test_check_data_prints_the_class_table_and_what_a_split_lacks(tmp_path: Path, capsys) -> None:
