@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardInde
 from nailseg import cli
 from nailseg.build import build_module
 from nailseg.classes import check_classes, folder_classes
+from nailseg.commands.train import default_loss_override
 from nailseg.config import compose_config
 from nailseg.errors import EXIT_ERROR, ConfigError
 from nailseg.inference import default_palette
@@ -273,3 +274,33 @@ def test_sweep_summary_ranks_multiclass_jobs_by_miou(three_class_run, tmp_path: 
     header = (tmp_path / "summary.csv").read_text().splitlines()[0]
     assert "final val/miou" in header and "final val/iou" not in header
     assert "Sorted by `val/miou`" in (tmp_path / "summary.md").read_text()
+
+
+def test_multiclass_data_gets_the_multiclass_default_loss_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = make_voc(tmp_path / "voc", count=6, valid=2)
+    common = [
+        "data=voc",
+        f"data.root={root}",
+        *FAST_OVERRIDES,
+        f"paths.data_dir={tmp_path / 'data'}",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        capsys.readouterr()
+        code = cli.main(["train", *common, f"hydra.run.dir={tmp_path / 'run'}"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    assert "loss=ce_dice, the multi-class counterpart" in capsys.readouterr().err
+    recorded = yaml.safe_load((tmp_path / "run" / ".hydra" / "overrides.yaml").read_text())
+    assert recorded[-1] == "loss=ce_dice" and read_run(tmp_path / "run")["status"] == "completed"
+    # A loss the user names is kept, and a binary-only one refused in one line.
+    code, message = nailseg_cli(
+        capsys, "train", *common, "loss=bce_dice", f"hydra.run.dir={tmp_path / 'named'}"
+    )
+    assert code == EXIT_ERROR and "is binary-only, but the data has 3 classes" in message
+    # Binary data keeps the binary default, with no override added.
+    assert default_loss_override(compose_config([], return_hydra_config=True), []) is None

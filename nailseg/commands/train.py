@@ -154,9 +154,40 @@ def run_dirs_locked(cfg: DictConfig | None, multirun: bool) -> Iterator[None]:
             run_lock.flush_notes()  # takeovers no run logged (a sweep dir's)
 
 
+# The default loss (conf/train.yaml) is binary-only; multi-class data gets its counterpart.
+DEFAULT_LOSS, MULTICLASS_LOSS = "bce_dice", "ce_dice"
+
+
+def default_loss_override(cfg: DictConfig | None, argv: list[str]) -> str | None:
+    """``loss=ce_dice`` when the data is multi-class (``data.classes``, e.g. from a VOC folder's
+    ``labels.txt``) and the loss is the binary default that no override chose; else ``None``.
+
+    Added to the command line (so recorded with the run's overrides, and ``rerun`` and ``diff``
+    see it) rather than chosen silently; a loss the user names is kept, and refused in one line
+    if it is binary-only. A resumed run keeps its recorded loss.
+    """
+    if cfg is None or cfg.get("resume") or "hydra" not in cfg:
+        return None
+    named = any(a.split("=", 1)[0].lstrip("+~") == "loss" for a in argv if "=" in a)
+    choice = cfg.hydra.runtime.choices.get("loss")
+    if named or choice != DEFAULT_LOSS or cfg.data.get("classes") is None:
+        return None
+    return f"loss={MULTICLASS_LOSS}"
+
+
 @command
 def main(argv: list[str]) -> int:
     cfg = preflight(argv)
+    added = default_loss_override(cfg, argv)
+    if added is not None:
+        classes = list(cfg.data.classes)
+        print(
+            f"data.classes names {len(classes)} classes ({', '.join(classes)}): {added}, the"
+            f" multi-class counterpart of the default loss {DEFAULT_LOSS}, is added to the"
+            " overrides (give loss=... to choose another).",
+            file=sys.stderr,
+        )
+        argv = [*argv, added]
     saved = sys.argv
     # A script Python can run again: Lightning's DDP (trainer=ddp) starts the other ranks with
     # `python sys.argv[0] sys.argv[1:]`, so `nailseg train` runs as the repository's train.py.
