@@ -125,7 +125,7 @@ class SegmentationModule(pl.LightningModule):
         )
         self.metrics = nn.ModuleDict(
             {
-                stage: self._multiclass_metrics(stage)
+                stage: self._multiclass_metrics()
                 if self.classes is not None
                 else MetricCollection(
                     {
@@ -142,7 +142,7 @@ class SegmentationModule(pl.LightningModule):
         # The last multi-class confusion matrix computed per stage (rows: true class).
         self.confusion: dict[str, Tensor] = {}
 
-    def _multiclass_metrics(self, stage: str) -> MulticlassConfusionMatrix:
+    def _multiclass_metrics(self) -> MulticlassConfusionMatrix:
         return MulticlassConfusionMatrix(
             len(self.classes), ignore_index=self.ignore_index, validate_args=False
         )
