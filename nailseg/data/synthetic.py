@@ -199,20 +199,27 @@ def _exclusive_lock(path: Path, target: Path) -> Iterator[None]:
 
 def _draw_into(folder: Path, params: SyntheticParams, name: str) -> None:
     """Draw every sample into ``folder``; its ``params.json`` stamp last."""
-    for index in tqdm(range(params.count), desc=f"generating synthetic nails ({name})"):
-        group = GROUPS[index % len(GROUPS)]
-        image, mask = draw_sample(params.seed, index, params.image_size, group, params.classes)
-        file_name = f"{index:05d}.png"
-        for sub, array in (
-            ("Images", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)),
-            # Binary masks are written 0/255; class-index masks hold the class values themselves.
-            ("Masks", mask * 255 if params.classes == 2 else mask),
-        ):
-            sub_folder = folder / sub / group
-            sub_folder.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(sub_folder / file_name), array):
-                raise OSError(f"Cannot write {sub_folder / file_name}.")
+    # Closed on a stop too, so the bar ends its line before the "interrupted:" message.
+    with tqdm(range(params.count), desc=f"generating synthetic nails ({name})") as indices:
+        for index in indices:
+            _draw_one(folder, params, index)
     (folder / "params.json").write_text(json.dumps(params.stamp(), indent=2))
+
+
+def _draw_one(folder: Path, params: SyntheticParams, index: int) -> None:
+    """Draw sample ``index`` and write its image and mask into ``folder``."""
+    group = GROUPS[index % len(GROUPS)]
+    image, mask = draw_sample(params.seed, index, params.image_size, group, params.classes)
+    file_name = f"{index:05d}.png"
+    for sub, array in (
+        ("Images", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)),
+        # Binary masks are written 0/255; class-index masks hold the class values themselves.
+        ("Masks", mask * 255 if params.classes == 2 else mask),
+    ):
+        sub_folder = folder / sub / group
+        sub_folder.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(sub_folder / file_name), array):
+            raise OSError(f"Cannot write {sub_folder / file_name}.")
 
 
 def draw_sample(

@@ -283,8 +283,9 @@ def check_pairs(
     )
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Decoding every file is the long phase of the check on a large data set.
-        progress = tqdm(pool.map(decode, scan.pairs), total=len(scan.pairs), desc="checking data")
-        decoded = list(progress)
+        # Closed on a stop too, so the bar ends its line before the "interrupted:" message.
+        with tqdm(pool.map(decode, scan.pairs), total=len(scan.pairs), desc="checking data") as bar:
+            decoded = list(bar)
 
     problems: dict[str, list[str]] = {kind: [] for kind in PROBLEMS}
     warnings: dict[str, list[str]] = {kind: [] for kind in WARNINGS}
