@@ -27,6 +27,7 @@ from nailseg.augment.base import AugmentBackend, augment_arrays, denormalize
 from nailseg.augment.kornia_gpu import KorniaAugment, fused_interpreted, sampling_grid
 from nailseg.augment.params import sample_params
 from nailseg.config import compose_config
+from tests.test_fused_engine import ODD
 
 VOID = 255
 PAD = 0  # what both backends (and the fused kernels) fill uncovered mask pixels with
@@ -58,19 +59,7 @@ def _geometric(policy: dict) -> dict:
 
 
 # The fused tests' policy with nearest image resampling (test_fused_engine.ODD), geometry wider.
-NEAREST = {
-    "hflip_p": 0.5,
-    "vflip_p": 0.5,
-    "affine": {"p": 0.9, "degrees": 45, "scale": [0.75, 1.25], "interpolation": "nearest"},
-    "noise": None,
-    "blur": None,
-    "colour": {
-        "p": 0.9,
-        "hsv": None,
-        "brightness_contrast": None,
-        "clahe": {"clip_limit": [1.0, 6.0], "grid_size": 4},
-    },
-}
+NEAREST = {**ODD, "affine": {**ODD["affine"], "degrees": 45, "scale": [0.75, 1.25]}}
 POLICIES = {"tutorial": _policy("tutorial"), "heavy": _policy("heavy"), "nearest": NEAREST}
 
 
