@@ -223,6 +223,17 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | None 
             )
 
 
+def _evaluated(loaded: LoadedRun, args: argparse.Namespace, images: int) -> dict[str, Any]:
+    """The first fields of every ``eval.json``: what was evaluated, and how."""
+    return {
+        "run_dir": str(loaded.run_dir),
+        "checkpoint": str(loaded.checkpoint),
+        "split": args.split,
+        "images": images,
+        "tta": args.tta,
+    }
+
+
 def evaluate_classes(
     result: dict[str, Any], classes: tuple[str, ...], ignore_index: int | None
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Tensor]:
@@ -281,11 +292,7 @@ def _eval_classes(
     order = sorted(range(len(rows)), key=lambda i: (math.isnan(rows[i]["miou"]), rows[i]["miou"]))
     per_image = {k: _mean(rows, k) for k in ("miou", "mdice")}
     summary = {
-        "run_dir": str(loaded.run_dir),
-        "checkpoint": str(loaded.checkpoint),
-        "split": args.split,
-        "images": len(rows),
-        "tta": args.tta,
+        **_evaluated(loaded, args, len(rows)),
         "decision": "argmax of the softmax over the classes",
         "image_size": list(loaded.image_size),
         "data_overrides": overrides,
@@ -407,11 +414,7 @@ def main(argv: list[str]) -> int:
     rows_sorted = [rows[i] for i in order]
     per_image = {k: _mean(rows, k) for k in METRICS}
     summary = {
-        "run_dir": str(loaded.run_dir),
-        "checkpoint": str(loaded.checkpoint),
-        "split": args.split,
-        "images": len(rows),
-        "tta": args.tta,
+        **_evaluated(loaded, args, len(rows)),
         "threshold": threshold,
         "threshold_source": source,
         "threshold_tuning": tuning,
